@@ -1,0 +1,38 @@
+# The README's two set-up commands: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test data bench lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) jobs/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+data: $(STAMP)
+	$(PY) jobs/prepare_data.py --config jobs/configs/mnist_digits.yaml
+	$(PY) jobs/prepare_data.py --config jobs/configs/sklearn_digits.yaml
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+		$(PY) jobs/prepare_data.py --config jobs/configs/fashion_mnist.yaml; \
+	else echo "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): skipped"; fi
+
+bench: $(STAMP)
+	$(PY) jobs/bench_data.py
+
+lint: $(STAMP)
+	$(PY) -m ruff check acn_dist jobs tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,80 @@
+"""The `acn-dist` command. Each subcommand calls the same function as the matching `jobs/*.py`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from acn_dist.config import Config, ConfigError, load
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (jobs/configs/*.yaml); defaults when omitted")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load(args.config, args.overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(config_from_args(args).to_yaml(), end="")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from acn_dist.data.prepare import prepare_and_summarise
+
+    print(prepare_and_summarise(config_from_args(args).data))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from acn_dist.train.driver import train
+
+    config = config_from_args(args)
+    if args.address:
+        config.cluster.address = args.address
+    result = train(config)
+    print(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="acn-dist", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "config": cmd_config,
+        "prepare": cmd_prepare,
+        "train": cmd_train,
+    }
+    helps = {
+        "config": "print the resolved config",
+        "prepare": "write a dataset's WebDataset shards and manifest",
+        "train": "train an ACN (or VAE) as the config says",
+    }
+    for name, handler in handlers.items():
+        sub = commands.add_parser(name, help=helps[name])
+        add_config_arguments(sub)
+        if name == "train":
+            sub.add_argument("--address", default="", help="Ray address to join (else RAY_ADDRESS, else local)")
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""The typed config tree: nested dataclasses, YAML loading, dotted overrides, validation.
+
+One `Config` describes a whole run. YAML files under `jobs/configs/` give partial trees; every
+key not given keeps its default. Overrides are `section.key=value` strings (`--set train.lr=3e-4`).
+Unknown keys and bad values raise `ConfigError` naming the dotted key, the value and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and what is allowed."""
+
+
+def _choice(default: str, *choices: str) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+def _at_least(default: float | int, low: float | int) -> Any:
+    return field(default=default, metadata={"min": low})
+
+
+def _in_range(default: float, low: float, high: float) -> Any:
+    return field(default=default, metadata={"min": low, "max": high})
+
+
+SOURCES = ("idx", "mnist-digits", "sklearn-digits", "arrays", "image-folder", "synthetic")
+
+
+@dataclass
+class DataConfig:
+    """Where the dataset comes from, where its shards live, and how batches are read."""
+
+    dataset: str = "mnist-digits"  # name of the shard folder under `root`
+    source: str = _choice("mnist-digits", *SOURCES)
+    path: str = ""  # source location (IDX folder, .npy/.npz file, image folder); "" = source default
+    root: str = "data"  # shard folders live in root/dataset
+    shard_size: int = _at_least(2000, 1)  # samples per shard (upper bound)
+    shard_multiple: int = _at_least(4, 1)  # shard counts per split are a multiple of this
+    synthetic_count: int = _in_range(10000, 1, 10_000_000)
+    synthetic_size: int = _at_least(28, 4)  # side of synthetic images
+    binarize: str = _choice("dynamic", "none", "dynamic", "static")  # for training
+    eval_binarize: str = _choice("static", "none", "static")
+    loader_workers: int = _at_least(1, 0)  # per rank; 0 = read in the training process
+    reader: str = _choice("webdataset", "webdataset", "ray-data")
+    shuffle_buffer: int = _at_least(1000, 0)
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Encoder, decoder and objective."""
+
+    objective: str = _choice("acn", "acn", "vae")
+    encoder: str = _choice("conv", "conv", "mlp")
+    decoder: str = _choice("deconv", "deconv", "pixelcnn")
+    code_size: int = _at_least(16, 1)
+    hidden: int = _at_least(512, 1)  # width of MLP encoder/decoder layers
+    channels: int = _at_least(32, 1)  # base channels of the conv encoder/deconv decoder
+    pixelcnn_layers: int = _at_least(6, 1)
+    pixelcnn_channels: int = _at_least(64, 1)
+    likelihood: str = _choice("auto", "auto", "bernoulli", "categorical")  # auto: bernoulli iff binarised
+
+
+@dataclass
+class PriorConfig:
+    """The conditional prior network p(z|ĉ) and the unconditional prior p(z)."""
+
+    hidden: int = _at_least(512, 1)
+    layers: int = _at_least(3, 1)
+    components: int = _at_least(10, 1)  # mixture components per latent dimension
+    min_scale: float = _at_least(1e-3, 1e-6)
+
+
+@dataclass
+class CodesConfig:
+    """The code store: the table of every training datum's latest code and its KNN search."""
+
+    k: int = _at_least(5, 1)
+    mode: str = _choice("prefetch", "prefetch", "exact")
+    backend: str = _choice("cpu", "cpu", "gpu", "ivf")
+    unique_neighbours: bool = False
+    num_cpus: int = _at_least(1, 1)  # CPUs of the store actor (faiss threads)
+    num_gpus: int = _at_least(0, 0)  # GPUs of the store actor (gpu backend)
+    fp16: bool = False  # fp16 table storage on GPU
+    blas_threshold: int = _at_least(20, 0)  # faiss.cvar.distance_compute_blas_threshold
+    ivf_lists: int = _at_least(1024, 1)
+    ivf_probe: int = _at_least(16, 1)
+    ivf_rebuild_every: int = _at_least(20000, 1)  # rows updated between IVF rebuilds
+    batch_window_ms: float = _at_least(2.0, 0.0)  # coalescing window for queries
+    max_updates_in_flight: int = _at_least(4, 1)
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    run_id: str = ""  # "" = generated; the same id resumes
+    storage_path: str = "runs"
+    num_workers: int = _at_least(0, 0)  # Ray Train workers; 0 = in the driver process
+    use_gpu: bool = False
+    batch_size: int = _at_least(128, 1)  # per rank
+    lr: float = field(default=1e-3, metadata={"min": 0.0, "min_exclusive": True})
+    epochs: int = _at_least(1, 1)
+    max_steps: int = _at_least(0, 0)  # 0 = run `epochs` epochs
+    log_every: int = _at_least(20, 1)
+    checkpoint_every: int = _at_least(500, 1)  # steps
+    keep_checkpoints: int = _at_least(2, 1)
+    max_failures: int = _at_least(1, 0)
+    nonfinite: str = _choice("stop", "stop", "skip")
+    grad_clip: float = _at_least(0.0, 0.0)  # 0 = off
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    kl_samples: int = _at_least(10, 1)
+    batch_size: int = _at_least(500, 1)
+    probe_max_iter: int = _at_least(1000, 1)
+    knn_k: int = _at_least(5, 1)
+    daydream_chains: int = _at_least(8, 1)
+    daydream_steps: int = _at_least(12, 1)
+    seed: int = 0
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
+    experiment: str = "acn_dist"
+    artifact_location: str = ""  # "" = <cwd>/mlartifacts
+    on_error: str = _choice("warn", "warn", "stop")
+
+
+@dataclass
+class ClusterConfig:
+    address: str = ""  # "" = $RAY_ADDRESS, else a local single-node Ray
+    namespace: str = "acn_dist"
+    num_cpus: int = _at_least(0, 0)  # local Ray only; 0 = all
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    codes: CodesConfig = field(default_factory=CodesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """`{"train.lr": 0.001, ...}`: the form logged as MLflow params."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.to_dict().items()
+            for key, value in values.items()
+        }
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _field_type(cls: type, name: str) -> type:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert a YAML or override value to the field's type, or raise naming the key."""
+    if isinstance(kind, types.UnionType):  # pragma: no cover - no unions in the tree today
+        kind = typing.get_args(kind)[0]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(as_float)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if kind is str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported field type {kind}")  # pragma: no cover
+
+
+def _check_field(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    if "choices" in meta and value not in meta["choices"]:
+        allowed = ", ".join(meta["choices"])
+        raise ConfigError(f"{key}: {value!r} is not one of: {allowed}")
+    if "min" in meta:
+        low = meta["min"]
+        if value < low or (meta.get("min_exclusive") and value == low):
+            relation = ">" if meta.get("min_exclusive") else ">="
+            raise ConfigError(f"{key}: {value!r} is out of range; it must be {relation} {low}")
+    if "max" in meta and value > meta["max"]:
+        raise ConfigError(f"{key}: {value!r} is out of range; it must be <= {meta['max']}")
+
+
+def _section(config: Config, name: str) -> Any:
+    if name not in {f.name for f in dataclasses.fields(Config)}:
+        sections = ", ".join(f.name for f in dataclasses.fields(Config))
+        raise ConfigError(f"unknown config section {name!r}; sections are: {sections}")
+    return getattr(config, name)
+
+
+def _set(config: Config, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        raise ConfigError(f"{dotted}: keys are written section.key (e.g. train.lr)")
+    section = _section(config, parts[0])
+    names = {f.name: f for f in dataclasses.fields(section)}
+    if parts[1] not in names:
+        raise ConfigError(
+            f"unknown config key {dotted!r}; keys of {parts[0]!r} are: {', '.join(names)}"
+        )
+    spec = names[parts[1]]
+    coerced = _coerce(dotted, value, _field_type(type(section), spec.name))
+    _check_field(dotted, coerced, spec.metadata)
+    setattr(section, spec.name, coerced)
+
+
+def from_dict(tree: typing.Mapping[str, Any], base: Config | None = None) -> Config:
+    """Build a config from a (partial) nested mapping; keys not given keep their defaults."""
+    config = base if base is not None else Config()
+    if not isinstance(tree, typing.Mapping):
+        raise ConfigError(f"a config is a mapping of sections, got {type(tree).__name__}")
+    for section, values in tree.items():
+        _section(config, str(section))
+        if values is None:
+            continue
+        if not isinstance(values, typing.Mapping):
+            raise ConfigError(f"{section}: expected a mapping of keys, got {values!r}")
+        for key, value in values.items():
+            _set(config, f"{section}.{key}", value)
+    validate(config)
+    return config
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`"train.lr=3e-4"` -> `("train.lr", 0.0003)`; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; configs live in jobs/configs/")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+        try:
+            config = from_dict(tree)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        _set(config, key, value)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Checks that involve more than one key."""
+    if config.codes.backend == "gpu" and config.codes.num_gpus < 1:
+        raise ConfigError("codes.backend=gpu needs codes.num_gpus >= 1")
+    if config.codes.fp16 and config.codes.backend != "gpu":
+        raise ConfigError("codes.fp16=true is only supported with codes.backend=gpu")
+    if config.model.likelihood == "bernoulli" and config.data.binarize == "none":
+        raise ConfigError(
+            "model.likelihood=bernoulli needs binarised data; set data.binarize to dynamic or static"
+        )
+    if config.model.likelihood == "categorical" and config.data.binarize != "none":
+        raise ConfigError("model.likelihood=categorical models 8-bit pixels; set data.binarize=none")
+    if config.data.source == "synthetic" and config.data.synthetic_count < 2:
+        raise ConfigError("data.synthetic_count must be >= 2")
+
+
+def likelihood(config: Config) -> str:
+    """The decoder's output distribution: Bernoulli for binarised data, else 256-way."""
+    if config.model.likelihood != "auto":
+        return config.model.likelihood
+    return "categorical" if config.data.binarize == "none" else "bernoulli"
