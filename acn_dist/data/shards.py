@@ -1,0 +1,213 @@
+"""WebDataset shards and their manifest: the data contract between `prepare` and training.
+
+Layout of one dataset folder:
+    manifest.json
+    train-000000.tar, train-000001.tar, ...   (ids 0..N-1: the rows of the code table)
+    test-000000.tar, ...                       (ids N..N+M-1)
+A sample is `__key__` = zero-padded global id, `x.npy` = uint8 image, `cls` = label (when known).
+Writing goes to a hidden temporary folder that is renamed into place at the end, so a crash never
+leaves a half dataset that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+from acn_dist.config import DataConfig
+from acn_dist.data.sources import SourceData, load_source
+
+MANIFEST = "manifest.json"
+FORMAT = "acn_dist.shards/1"
+SPLITS = ("train", "test")
+KEY_DIGITS = 10
+
+
+class DataError(ValueError):
+    """Shards or manifest are wrong; the message names the file (and sample key) at fault."""
+
+
+def sample_key(global_id: int) -> str:
+    return f"{global_id:0{KEY_DIGITS}d}"
+
+
+def shard_counts(count: int, shard_size: int, multiple: int) -> list[int]:
+    """Samples per shard: the fewest shards of at most `shard_size` whose number is a multiple of
+    `multiple` (so they split evenly over ranks x loader workers), sizes differing by at most 1."""
+    shards = max(1, math.ceil(count / shard_size))
+    shards = math.ceil(shards / multiple) * multiple
+    shards = min(shards, count)
+    base, extra = divmod(count, shards)
+    return [base + 1 if i < extra else base for i in range(shards)]
+
+
+def _fingerprint(config: DataConfig, source: SourceData) -> str:
+    """What makes two preparations of a dataset identical."""
+    relevant = {
+        "source": config.source,
+        "info": source.info,
+        "shard_size": config.shard_size,
+        "shard_multiple": config.shard_multiple,
+        "synthetic": [config.synthetic_count, config.synthetic_size] if config.source == "synthetic" else None,
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _encode_npy(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, image, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _write_split(folder: Path, split: str, data: Any, id_start: int, config: DataConfig,
+                 progress: tqdm) -> tuple[list[dict[str, Any]], bool]:
+    """Write one split's shards; returns their manifest entries and whether every sample has a label."""
+    counts = shard_counts(data.count, config.shard_size, config.shard_multiple)
+    shards: list[dict[str, Any]] = []
+    shard_index, in_shard, next_id = 0, 0, id_start
+    labelled = True
+    writer: wds.TarWriter | None = None
+    for images, labels in data.chunks():
+        for row in range(len(images)):
+            if writer is None:
+                name = f"{split}-{shard_index:06d}.tar"
+                writer = wds.TarWriter(str(folder / name))
+                shards.append({"name": name, "count": counts[shard_index], "first_id": next_id})
+            sample = {"__key__": sample_key(next_id), "x.npy": _encode_npy(images[row])}
+            if labels is not None:
+                sample["cls"] = str(int(labels[row])).encode()
+            labelled = labelled and labels is not None
+            writer.write(sample)
+            next_id += 1
+            in_shard += 1
+            progress.update(1)
+            if in_shard == counts[shard_index]:
+                writer.close()
+                writer = None
+                shard_index, in_shard = shard_index + 1, 0
+    if writer is not None or next_id - id_start != data.count:
+        raise DataError(f"{split}: source gave {next_id - id_start} samples, expected {data.count}")
+    for shard in shards:
+        shard["bytes"] = (folder / shard["name"]).stat().st_size
+    return shards, labelled
+
+
+def prepare(config: DataConfig, quiet: bool = False) -> Path:
+    """Write `config.root/config.dataset` from the configured source; a matching dataset is kept.
+
+    Returns the dataset folder. Raises `DataError` when a different dataset already has that name.
+    """
+    target = Path(config.root) / config.dataset
+    source = load_source(config)
+    fingerprint = _fingerprint(config, source)
+    if (target / MANIFEST).is_file():
+        existing = read_manifest(target)
+        if existing.get("fingerprint") == fingerprint:
+            check_shard_files(target, existing)
+            return target
+        raise DataError(
+            f"{target} already holds a different dataset (source or shard settings changed); "
+            "remove that folder or choose another data.dataset"
+        )
+    if target.exists():
+        raise DataError(f"{target} exists but has no {MANIFEST}; remove it and prepare again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    total = sum(split.count for split in source.splits.values())
+    try:
+        with tqdm(total=total, desc=f"prepare {config.dataset}", unit="img", disable=quiet) as progress:
+            splits, next_id, labelled = {}, 0, True
+            for split in SPLITS:
+                data = source.splits[split]
+                shards, split_labelled = _write_split(scratch, split, data, next_id, config, progress)
+                labelled = labelled and split_labelled
+                splits[split] = {
+                    "count": data.count,
+                    "id_start": next_id,
+                    "id_stop": next_id + data.count,
+                    "shards": shards,
+                }
+                next_id += data.count
+        manifest = {
+            "format": FORMAT,
+            "dataset": config.dataset,
+            "source": {"kind": source.kind, **source.info},
+            "synthetic": bool(source.info.get("synthetic", False)),
+            "image_shape": list(source.image_shape),
+            "dtype": "uint8",
+            "num_classes": source.num_classes,
+            "labelled": labelled,
+            "splits": splits,
+            "prepare_config": asdict(config),
+            "fingerprint": fingerprint,
+        }
+        (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1))
+        os.replace(scratch, target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    return target
+
+
+REQUIRED_KEYS = ("format", "dataset", "image_shape", "dtype", "num_classes", "splits")
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """Load and check `folder/manifest.json`; errors name the file and the key at fault."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} is missing; run `acn-dist prepare` for this dataset first")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error}); prepare the dataset again") from None
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise DataError(f"{path}: missing keys {missing}; prepare the dataset again")
+    if manifest["format"] != FORMAT:
+        raise DataError(f"{path}: format {manifest['format']!r} is not {FORMAT!r}")
+    expected_start = 0
+    for split in SPLITS:
+        info = manifest["splits"].get(split)
+        if info is None:
+            raise DataError(f"{path}: no split {split!r}")
+        total = sum(shard["count"] for shard in info["shards"])
+        if total != info["count"] or info["id_stop"] - info["id_start"] != info["count"]:
+            raise DataError(
+                f"{path}: split {split!r} says {info['count']} samples, ids "
+                f"{info['id_start']}..{info['id_stop']}, shards hold {total}"
+            )
+        if info["id_start"] != expected_start:
+            raise DataError(f"{path}: split {split!r} ids start at {info['id_start']}, expected {expected_start}")
+        expected_start = info["id_stop"]
+    return manifest
+
+
+def check_shard_files(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """Every shard named by the manifest exists with the recorded size (catches truncation)."""
+    folder = Path(folder)
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            path = folder / shard["name"]
+            if not path.is_file():
+                raise DataError(f"{path}: shard listed in {folder / MANIFEST} is missing")
+            size = path.stat().st_size
+            if size != shard["bytes"]:
+                raise DataError(
+                    f"{path}: {size} bytes on disk, manifest says {shard['bytes']} (truncated or "
+                    "replaced); prepare the dataset again"
+                )
