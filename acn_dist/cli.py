@@ -41,7 +41,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.address:
         config.cluster.address = args.address
     result = train(config)
-    print(json.dumps(result, indent=1, default=str))
+    summary = {key: value for key, value in result.items() if key != "history"}
+    if result["history"]:
+        summary["last"] = result["history"][-1]
+    print(json.dumps(summary, indent=1, default=str))
     return 0
 
 
@@ -69,10 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from acn_dist.codes.store import StoreError
+    from acn_dist.data.shards import DataError
+    from acn_dist.data.sources import SourceError
+
     try:
         return args.handler(args)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
+        return 2
+    except (DataError, SourceError, StoreError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
 

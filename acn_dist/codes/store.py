@@ -1,0 +1,264 @@
+"""The code store: the latest code of every training datum, and K-nearest-neighbour lookups.
+
+This is the in-process backend of the contract that the Ray actor (`acn_dist.codes.actor`) serves
+remotely, so local training and distributed training share one implementation:
+
+- `update(ids, codes, step)`: write rows (row i = the datum with global train id i);
+- `neighbours(ids, codes=None, k=None)`: for each query, its K nearest stored codes by Euclidean
+  distance, **excluding the query's own id**, and one neighbour code per query drawn uniformly
+  among the K (seeded). With `codes=None` the stored codes of `ids` are the queries (prefetch);
+- `snapshot(path)` / `restore(path)`: the table, step counters and RNG, written atomically;
+- `stats()`: counts, latencies, staleness.
+
+Every call is validated before anything changes: a bad call raises `StoreError` and the table
+stays as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from acn_dist.codes.search import CPUExact, SearchBackend
+
+SNAPSHOT_FORMAT = "acn_dist.codes/1"
+
+
+class StoreError(ValueError):
+    """A code-store call was refused; the table is unchanged."""
+
+
+@dataclass
+class Neighbours:
+    """Result of `neighbours` for Q queries."""
+
+    ids: np.ndarray  # int64 [Q, K]: neighbour ids, nearest first, never the query's own id
+    distances: np.ndarray  # float32 [Q, K]: squared Euclidean distances
+    neighbour_ids: np.ndarray  # int64 [Q]: the one neighbour picked uniformly among the K
+    neighbour_codes: np.ndarray  # float32 [Q, D]: its stored code, ĉ
+    staleness: np.ndarray  # int64 [Q]: steps since the picked code was written
+
+
+def initial_table(size: int, dim: int, seed: int) -> np.ndarray:
+    """c(x) ~ N(0, 1) for every training datum (Algorithm 1, step 1)."""
+    return np.random.default_rng(seed).standard_normal((size, dim), dtype=np.float32)
+
+
+class CodeStore:
+    def __init__(self, size: int, dim: int, k: int = 5, seed: int = 0,
+                 backend: SearchBackend | None = None, unique_neighbours: bool = False):
+        if size < 2 or dim < 1:
+            raise StoreError(f"a code table needs size >= 2 and dim >= 1, got {size} x {dim}")
+        if not 1 <= k < size:
+            raise StoreError(f"k={k} must be in 1..{size - 1} (the table has {size} rows, self excluded)")
+        self.size, self.dim, self.k = size, dim, k
+        self.backend = backend if backend is not None else CPUExact(initial_table(size, dim, seed))
+        self.rng = np.random.default_rng(seed + 1)
+        self.unique_neighbours = unique_neighbours
+        self.used = np.zeros(size, dtype=bool)  # unique-neighbour constraint: served this pass
+        self.used_count = 0
+        self.row_step = np.full(size, -1, dtype=np.int64)  # step of each row's last write; -1 = initial
+        self.written = np.zeros(size, dtype=bool)
+        self.step = 0
+        self.counters = {"updates": 0, "rows_written": 0, "queries": 0, "query_rows": 0,
+                         "unique_fallbacks": 0, "passes": 0}
+        self.latency = {"update": deque(maxlen=2000), "neighbours": deque(maxlen=2000)}
+        self.batch_sizes: deque[int] = deque(maxlen=2000)
+        self.staleness: deque[float] = deque(maxlen=2000)
+
+    # --- validation ---------------------------------------------------------------------------
+
+    def _check_ids(self, ids: Any) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise StoreError(f"ids must be a 1-d integer array, got {ids.dtype}{ids.shape}")
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.size):
+            bad = ids[(ids < 0) | (ids >= self.size)][0]
+            raise StoreError(f"id {bad} is outside the table's rows 0..{self.size - 1} (train ids only)")
+        return ids.astype(np.int64)
+
+    def _check_codes(self, codes: Any, count: int) -> np.ndarray:
+        codes = np.asarray(codes)
+        if codes.dtype not in (np.float32, np.float64, np.float16):
+            raise StoreError(f"codes must be floating point, got {codes.dtype}")
+        if codes.shape != (count, self.dim):
+            raise StoreError(f"codes must have shape ({count}, {self.dim}), got {codes.shape}")
+        if not np.isfinite(codes).all():
+            row = int(np.flatnonzero(~np.isfinite(codes).all(axis=1))[0])
+            raise StoreError(f"codes row {row} is not finite (NaN or Inf); nothing was written")
+        return np.ascontiguousarray(codes, dtype=np.float32)
+
+    # --- the contract -------------------------------------------------------------------------
+
+    def update(self, ids: Any, codes: Any, step: int | None = None) -> int:
+        """Write `codes[i]` into row `ids[i]`; returns the number of rows written.
+
+        With repeated ids in one call, the last occurrence wins.
+        """
+        start = time.perf_counter()
+        ids = self._check_ids(ids)
+        codes = self._check_codes(codes, len(ids))
+        self.step = max(self.step, step) if step is not None else self.step + 1
+        self.backend.write(ids, codes)
+        self.row_step[ids] = self.step
+        self.written[ids] = True
+        self.counters["updates"] += 1
+        self.counters["rows_written"] += len(ids)
+        self.latency["update"].append(time.perf_counter() - start)
+        return len(ids)
+
+    def neighbours(self, ids: Any, codes: Any = None, k: int | None = None) -> Neighbours:
+        start = time.perf_counter()
+        ids = self._check_ids(ids)
+        k = self.k if k is None else int(k)
+        if not 1 <= k < self.size:
+            raise StoreError(f"k={k} must be in 1..{self.size - 1}")
+        queries = self.backend.rows(ids) if codes is None else self._check_codes(codes, len(ids))
+        # Search one extra row so that the query's own row can be dropped (more when unique).
+        extra = 1 + (3 * k if self.unique_neighbours else 0)
+        distances, found = self.backend.search(queries, min(k + extra, self.size))
+        result_ids, result_distances = self._drop_self(ids, found, distances, k + extra - 1)
+        if self.unique_neighbours:
+            pick = self._pick_unique(result_ids, k)
+        else:
+            pick = self.rng.integers(0, k, size=len(ids))
+        result_ids, result_distances = result_ids[:, :k], result_distances[:, :k]
+        neighbour_ids = np.take_along_axis(result_ids, pick[:, None], axis=1)[:, 0]
+        neighbour_codes = self.backend.rows(neighbour_ids)
+        staleness = np.where(self.row_step[neighbour_ids] >= 0, self.step - self.row_step[neighbour_ids], self.step)
+        self.counters["queries"] += 1
+        self.counters["query_rows"] += len(ids)
+        self.batch_sizes.append(len(ids))
+        if len(ids):
+            self.staleness.append(float(staleness.mean()))
+        self.latency["neighbours"].append(time.perf_counter() - start)
+        return Neighbours(result_ids, result_distances.astype(np.float32), neighbour_ids,
+                          neighbour_codes.astype(np.float32), staleness)
+
+    def _drop_self(self, ids: np.ndarray, found: np.ndarray, distances: np.ndarray,
+                   keep: int) -> tuple[np.ndarray, np.ndarray]:
+        """Remove each query's own id from its result row (or the farthest hit when absent)."""
+        is_self = found == ids[:, None]
+        # Rows without self: drop the last (farthest) column instead.
+        no_self = ~is_self.any(axis=1)
+        is_self[no_self, -1] = True
+        keep_mask = ~is_self
+        kept_ids = found[keep_mask].reshape(len(ids), -1)[:, :keep]
+        kept_distances = distances[keep_mask].reshape(len(ids), -1)[:, :keep]
+        return kept_ids.astype(np.int64), kept_distances
+
+    def _pick_unique(self, candidates: np.ndarray, k: int) -> np.ndarray:
+        """Pick uniformly among the first K candidates not yet used this pass; mark the pick used.
+
+        When all candidates are used, fall back to a uniform pick among the K nearest (counted).
+        """
+        picks = np.empty(len(candidates), dtype=np.int64)
+        for row, ids in enumerate(candidates):
+            if self.used_count >= self.size - 1:
+                self.new_pass()
+            free = np.flatnonzero(~self.used[ids])[:k]
+            if len(free) == 0:
+                self.counters["unique_fallbacks"] += 1
+                picks[row] = self.rng.integers(0, k)
+            else:
+                picks[row] = free[self.rng.integers(0, len(free))]
+            if not self.used[ids[picks[row]]]:
+                self.used[ids[picks[row]]] = True
+                self.used_count += 1
+        # Candidates beyond K may be picked here: move each pick into the first K columns.
+        for row, column in enumerate(picks):
+            if column >= k:
+                candidates[row, [k - 1, column]] = candidates[row, [column, k - 1]]
+                picks[row] = k - 1
+        return picks
+
+    def new_pass(self) -> None:
+        """Start a new pass for the unique-neighbour constraint."""
+        self.used[:] = False
+        self.used_count = 0
+        self.counters["passes"] += 1
+
+    def table(self) -> np.ndarray:
+        return self.backend.table()
+
+    # --- persistence --------------------------------------------------------------------------
+
+    def snapshot(self, path: str | Path) -> Path:
+        """Write the table, row steps and RNG to folder `path` atomically; returns the folder."""
+        path = Path(path)
+        scratch = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
+        scratch.mkdir(parents=True)
+        try:
+            np.save(scratch / "table.npy", self.backend.table())
+            np.save(scratch / "row_step.npy", self.row_step)
+            np.save(scratch / "used.npy", self.used)
+            header = {
+                "format": SNAPSHOT_FORMAT, "size": self.size, "dim": self.dim, "k": self.k,
+                "step": self.step, "counters": self.counters,
+                "rng": self.rng.bit_generator.state,
+            }
+            (scratch / "header.json").write_text(json.dumps(header))
+            if path.exists():
+                old = path.parent / f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+                os.replace(path, old)
+                os.replace(scratch, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(scratch, path)
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return path
+
+    def restore(self, path: str | Path) -> None:
+        """Load a snapshot written by `snapshot`; refuses one of another shape."""
+        path = Path(path)
+        header_path = path / "header.json"
+        if not header_path.is_file():
+            raise StoreError(f"{path} is not a code-store snapshot (no header.json)")
+        header = json.loads(header_path.read_text())
+        if header.get("format") != SNAPSHOT_FORMAT:
+            raise StoreError(f"{header_path}: format {header.get('format')!r} is not {SNAPSHOT_FORMAT!r}")
+        if (header["size"], header["dim"]) != (self.size, self.dim):
+            raise StoreError(
+                f"{path}: snapshot is {header['size']} x {header['dim']}, this store is "
+                f"{self.size} x {self.dim}; it belongs to another dataset or code size"
+            )
+        table = np.load(path / "table.npy")
+        if table.shape != (self.size, self.dim) or not np.isfinite(table).all():
+            raise StoreError(f"{path / 'table.npy'}: damaged (shape {table.shape} or non-finite values)")
+        self.backend.write(np.arange(self.size), table)
+        self.row_step = np.load(path / "row_step.npy")
+        self.used = np.load(path / "used.npy")
+        self.used_count = int(self.used.sum())
+        self.written = self.row_step >= 0
+        self.step = int(header["step"])
+        self.counters.update(header["counters"])
+        self.rng.bit_generator.state = header["rng"]
+
+    # --- observability ------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        def percentiles(values: deque) -> dict[str, float]:
+            if not values:
+                return {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0}
+            array = np.asarray(values) * 1000
+            return {f"p{q}_ms": float(np.percentile(array, q)) for q in (50, 90, 99)}
+
+        return {
+            "size": self.size, "dim": self.dim, "k": self.k, "step": self.step,
+            **self.counters,
+            "rows_ever_written": int(self.written.sum()),
+            "update_latency": percentiles(self.latency["update"]),
+            "neighbours_latency": percentiles(self.latency["neighbours"]),
+            "mean_query_batch": float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0,
+            "mean_staleness": float(np.mean(self.staleness)) if self.staleness else 0.0,
+        }

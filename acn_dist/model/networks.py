@@ -1,0 +1,174 @@
+"""Encoders (x -> code c, the mean of q(z|x) = N(c, I)) and decoders (z -> logits of r(x|z)).
+
+Images are [B, C, H, W] floats in [0, 1]. Decoder logits are [B, C, H, W] for a Bernoulli
+likelihood and [B, C, 256, H, W] for the 256-way categorical one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, image_shape: tuple[int, int, int], code_size: int, hidden: int = 512):
+        super().__init__()
+        channels, height, width = image_shape
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(channels * height * width, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, code_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvEncoder(nn.Module):
+    """VGG-style: two blocks of (conv3x3, ReLU, conv3x3, ReLU, maxpool 2), then two dense layers."""
+
+    def __init__(self, image_shape: tuple[int, int, int], code_size: int, channels: int = 32,
+                 hidden: int = 512):
+        super().__init__()
+        in_channels, height, width = image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f"conv encoder needs H and W divisible by 4, got {height}x{width}; use model.encoder=mlp")
+
+        def block(cin: int, cout: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(),
+                    nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.net = nn.Sequential(
+            *block(in_channels, channels), *block(channels, 2 * channels), nn.Flatten(),
+            nn.Linear(2 * channels * (height // 4) * (width // 4), hidden), nn.ReLU(),
+            nn.Linear(hidden, code_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def output_channels(image_channels: int, likelihood: str) -> int:
+    return image_channels * (256 if likelihood == "categorical" else 1)
+
+
+def shape_logits(raw: torch.Tensor, image_channels: int, likelihood: str) -> torch.Tensor:
+    if likelihood == "categorical":
+        batch, _, height, width = raw.shape
+        return raw.reshape(batch, image_channels, 256, height, width)
+    return raw
+
+
+class DeconvDecoder(nn.Module):
+    """z -> dense -> [2c, H/4, W/4] -> two transposed convs -> logits (independent pixels)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], code_size: int, likelihood: str,
+                 channels: int = 32, hidden: int = 512):
+        super().__init__()
+        self.image_channels, height, width = image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f"deconv decoder needs H and W divisible by 4, got {height}x{width}")
+        self.likelihood = likelihood
+        self.base = (2 * channels, height // 4, width // 4)
+        self.dense = nn.Sequential(
+            nn.Linear(code_size, hidden), nn.ReLU(),
+            nn.Linear(hidden, 2 * channels * (height // 4) * (width // 4)), nn.ReLU(),
+        )
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(channels, output_channels(self.image_channels, likelihood), 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of r(x|z); `x` is unused (pixels are independent given z)."""
+        raw = self.deconv(self.dense(z).reshape(-1, *self.base))
+        return shape_logits(raw, self.image_channels, self.likelihood)
+
+
+class GatedLayer(nn.Module):
+    """One layer of a gated PixelCNN (van den Oord et al., 2016), conditioned on z.
+
+    The vertical stack sees rows above (and, after its shift down by one row, only those) and the
+    horizontal stack sees pixels to the left in the current row; with `first=True` (mask type A)
+    the current pixel itself is excluded, later layers (type B) include it.
+    """
+
+    def __init__(self, in_channels: int, channels: int, kernel: int, cond_size: int, first: bool):
+        super().__init__()
+        self.first, self.half = first, kernel // 2
+        self.vertical = nn.Conv2d(in_channels, 2 * channels, (self.half + 1, kernel))
+        self.horizontal = nn.Conv2d(in_channels, 2 * channels, (1, self.half + 1))
+        self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.horizontal_out = nn.Conv2d(channels, channels, 1)
+        self.cond_vertical = nn.Linear(cond_size, 2 * channels)
+        self.cond_horizontal = nn.Linear(cond_size, 2 * channels)
+
+    @staticmethod
+    def _gate(pre: torch.Tensor) -> torch.Tensor:
+        a, b = pre.chunk(2, dim=1)
+        return torch.tanh(a) * torch.sigmoid(b)
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Vertical: output row i covers input rows i-half..i (padding on top only).
+        v_pre = self.vertical(F.pad(v, (self.half, self.half, self.half, 0)))
+        # Shift down one row, so the horizontal stack at row i sees vertical rows < i only.
+        v_shifted = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]
+        # Horizontal: output column j covers input columns j-half..j; type A shifts right by one.
+        h_pre = self.horizontal(F.pad(h, (self.half, 0, 0, 0)))
+        if self.first:
+            h_pre = F.pad(h_pre, (1, 0, 0, 0))[:, :, :, :-1]
+        cond_v = self.cond_vertical(cond)[:, :, None, None]
+        cond_h = self.cond_horizontal(cond)[:, :, None, None]
+        v_out = self._gate(v_pre + cond_v)
+        h_out = self.horizontal_out(self._gate(h_pre + self.vertical_to_horizontal(v_shifted) + cond_h))
+        if not self.first:
+            h_out = h_out + h  # residual; never in layer A, where h is the image itself
+        return v_out, h_out
+
+
+class GatedPixelCNN(nn.Module):
+    """Autoregressive decoder r(x|z) = prod_i r(x_i | x_<i, z) in raster order.
+
+    All channels of a pixel are predicted together from earlier pixels (no within-pixel ordering).
+    """
+
+    def __init__(self, image_shape: tuple[int, int, int], code_size: int, likelihood: str,
+                 channels: int = 64, layers: int = 6, kernel: int = 5):
+        super().__init__()
+        self.image_channels = image_shape[0]
+        self.likelihood = likelihood
+        self.layers = nn.ModuleList(
+            GatedLayer(self.image_channels if i == 0 else channels, channels,
+                       7 if i == 0 else kernel, code_size, first=i == 0)
+            for i in range(layers)
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
+            nn.Conv2d(channels, output_channels(self.image_channels, likelihood), 1),
+        )
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for every pixel given the pixels before it (teacher forcing on `x`) and z."""
+        if x is None:
+            raise ValueError("the PixelCNN decoder needs the image x (teacher forcing); use sample()")
+        inputs = x * 2 - 1  # centre the [0, 1] pixels
+        v, h = inputs, inputs
+        for layer in self.layers:
+            v, h = layer(v, h, z)
+        return shape_logits(self.head(h), self.image_channels, self.likelihood)
+
+
+def build_encoder(kind: str, image_shape: tuple[int, int, int], code_size: int, hidden: int,
+                  channels: int) -> nn.Module:
+    if kind == "mlp":
+        return MLPEncoder(image_shape, code_size, hidden)
+    return ConvEncoder(image_shape, code_size, channels, hidden)
+
+
+def build_decoder(kind: str, image_shape: tuple[int, int, int], code_size: int, likelihood: str,
+                  hidden: int, channels: int, pixelcnn_channels: int, pixelcnn_layers: int) -> nn.Module:
+    if kind == "pixelcnn":
+        return GatedPixelCNN(image_shape, code_size, likelihood, pixelcnn_channels, pixelcnn_layers)
+    return DeconvDecoder(image_shape, code_size, likelihood, channels, hidden)

@@ -1,0 +1,1 @@
+"""Training: the Algorithm 1 step, the shared loop, checkpoints, the driver."""

@@ -1,0 +1,134 @@
+"""The ACN model and objective: estimators, densities, causality, shapes, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from acn_dist.config import Config, from_dict
+from acn_dist.model.acn import ACN, posterior_log_prob, reconstruction_nats
+from acn_dist.model.networks import GatedPixelCNN
+from acn_dist.model.priors import (
+    ConditionalPrior,
+    DiagonalMixture,
+    StandardNormal,
+    UnconditionalPrior,
+)
+
+
+def small_config(**model: object) -> Config:
+    return from_dict({"model": {"code_size": 4, "hidden": 32, "channels": 4, "pixelcnn_channels": 8,
+                                "pixelcnn_layers": 3, **model}, "prior": {"hidden": 32, "components": 3}})
+
+
+def test_single_sample_kl_matches_analytic_kl_for_a_gaussian_prior() -> None:
+    torch.manual_seed(0)
+    code = torch.randn(6, 5) * 2
+    samples = 40_000
+    z = code + torch.randn(samples, *code.shape)
+    estimates = posterior_log_prob(z, code) - StandardNormal().log_prob(z)  # [S, B]
+    analytic = 0.5 * (code**2).sum(-1)
+    standard_error = estimates.std(0) / math.sqrt(samples)
+    assert torch.all((estimates.mean(0) - analytic).abs() < 5 * standard_error + 1e-3)
+
+
+def test_acn_kl_estimate_matches_analytic_kl_for_a_one_component_prior() -> None:
+    """With M = 1, p(z|ĉ) is Gaussian and KL(N(c, I) || N(m, s^2)) has a closed form."""
+    torch.manual_seed(0)
+    config = small_config(objective="acn")
+    config.prior.components = 1
+    acn = ACN(config, (1, 8, 8))
+    code, neighbour = torch.randn(4, 4), torch.randn(4, 4)
+    prior = acn.prior(neighbour)
+    mean, scale = prior.means[..., 0], prior.log_scales[..., 0].exp()
+    analytic = (torch.log(scale) + (1 + (code - mean) ** 2) / (2 * scale**2) - 0.5).sum(-1)
+    estimate = acn.kl_estimate(code, neighbour, 20000, torch.Generator().manual_seed(1))
+    assert torch.allclose(estimate, analytic, rtol=0.03, atol=0.05)
+    vae = ACN(small_config(objective="vae"), (1, 8, 8))
+    assert torch.allclose(vae.kl_estimate(code, None, 1), 0.5 * (code**2).sum(-1))
+
+
+def test_mixture_log_density_matches_direct_computation() -> None:
+    torch.manual_seed(0)
+    logits, means, log_scales = torch.randn(3, 2, 4), torch.randn(3, 2, 4), torch.randn(3, 2, 4) * 0.3
+    z = torch.randn(3, 2)
+    mixture = DiagonalMixture(logits, means, log_scales)
+    weights = torch.softmax(logits, -1)
+    expected = torch.zeros(3)
+    for b in range(3):
+        for d in range(2):
+            density = sum(
+                weights[b, d, m] * torch.exp(torch.distributions.Normal(means[b, d, m], log_scales[b, d, m].exp())
+                                             .log_prob(z[b, d]))
+                for m in range(4)
+            )
+            expected[b] += torch.log(density)
+    assert torch.allclose(mixture.log_prob(z), expected, atol=1e-5)
+    assert torch.allclose(mixture.log_weights.exp().sum(-1), torch.ones(3, 2), atol=1e-6)
+
+
+def test_conditional_prior_shapes_weights_and_skips() -> None:
+    prior = ConditionalPrior(code_size=16, hidden=512, layers=3, components=10)
+    assert [layer.in_features for layer in prior.hidden_layers] == [16, 16 + 512, 16 + 512]
+    assert prior.output.in_features == 3 * 512  # every hidden layer feeds the output
+    mixture = prior(torch.randn(7, 16))
+    assert mixture.means.shape == (7, 16, 10)
+    assert torch.allclose(mixture.log_weights.exp().sum(-1), torch.ones(7, 16), atol=1e-5)
+    assert mixture.sample().shape == (7, 16)
+    assert UnconditionalPrior(16, 10)(3).log_prob(torch.zeros(3, 16)).shape == (3,)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_gated_pixelcnn_is_causal(likelihood: str, channels: int) -> None:
+    """d output(i) / d x(j) == 0 for every pixel j >= i (raster order), all layers and masks."""
+    torch.manual_seed(0)
+    height = width = 6
+    net = GatedPixelCNN((channels, height, width), code_size=3, likelihood=likelihood, channels=8, layers=4)
+    for parameter in net.parameters():  # avoid zero-initialised paths hiding a leak
+        parameter.data.normal_(0, 0.3)
+    x = torch.rand(1, channels, height, width, requires_grad=True)
+    z = torch.randn(1, 3)
+    logits = net(z, x)
+    for i in range(height * width):
+        row, column = divmod(i, width)
+        out = logits[0, ..., row, column].sum()
+        (grad,) = torch.autograd.grad(out, x, retain_graph=True)
+        influence = grad[0].abs().sum(0).flatten()  # per pixel, all channels
+        assert torch.all(influence[i:] == 0), f"pixel {i} sees pixels {torch.nonzero(influence[i:]).flatten() + i}"
+        if i > 0:
+            assert influence[:i].sum() > 0, f"pixel {i} sees none of its past"
+
+
+@pytest.mark.parametrize("decoder", ["deconv", "pixelcnn"])
+@pytest.mark.parametrize("encoder", ["mlp", "conv"])
+def test_shapes_nats_and_no_gradient_into_neighbour_code(encoder: str, decoder: str) -> None:
+    torch.manual_seed(0)
+    acn = ACN(small_config(objective="acn", encoder=encoder, decoder=decoder), (1, 28, 28))
+    x = (torch.rand(5, 1, 28, 28) > 0.5).float()
+    neighbour = torch.randn(5, 4, requires_grad=True)
+    code, losses = acn(x, lambda c: neighbour)
+    assert code.shape == (5, 4)
+    for term in (losses.total, losses.kl, losses.reconstruction, losses.prior_fit):
+        assert term.shape == (5,)
+    assert torch.allclose(losses.total, losses.kl + losses.reconstruction)
+    # An untrained Bernoulli decoder is close to 0.5 per pixel: ln 2 nats each.
+    assert 0.5 * 784 * math.log(2) < float(losses.reconstruction.detach().mean()) < 2 * 784 * math.log(2)
+    acn.training_loss(losses).backward()
+    assert neighbour.grad is None
+    assert acn.encoder.parameters().__next__().grad is not None
+
+
+def test_categorical_reconstruction_is_in_nats_per_image() -> None:
+    x = torch.randint(0, 256, (2, 1, 4, 4)).float() / 255
+    uniform_logits = torch.zeros(2, 1, 256, 4, 4)
+    nats = reconstruction_nats(uniform_logits, x, "categorical")
+    assert torch.allclose(nats, torch.full((2,), 16 * math.log(256)))
+
+
+def test_acn_refuses_to_run_without_neighbour_codes() -> None:
+    acn = ACN(small_config(objective="acn"), (1, 8, 8))
+    with pytest.raises(ValueError, match="neighbour codes"):
+        acn(torch.zeros(1, 1, 8, 8))
