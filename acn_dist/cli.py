@@ -48,6 +48,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from acn_dist.evaluate.run import evaluate, resolve_checkpoint
+
+    config = config_from_args(args)
+    checkpoint = resolve_checkpoint(args.checkpoint, config)
+    metrics = evaluate(checkpoint, args.out or None, overrides=config, log=config.tracking.enabled,
+                       figures_on=not args.no_figures)
+    print(json.dumps(metrics, indent=1, default=str))
+    return 0
+
+
+def cmd_daydream(args: argparse.Namespace) -> int:
+    from acn_dist.evaluate.daydream import daydream_chains
+    from acn_dist.evaluate.run import resolve_checkpoint
+
+    config = config_from_args(args)
+    path = daydream_chains(resolve_checkpoint(args.checkpoint, config), config, args.out or None)
+    print(f"daydream chains: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acn-dist", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,17 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
         "config": cmd_config,
         "prepare": cmd_prepare,
         "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "daydream": cmd_daydream,
     }
     helps = {
         "config": "print the resolved config",
         "prepare": "write a dataset's WebDataset shards and manifest",
         "train": "train an ACN (or VAE) as the config says",
+        "evaluate": "probes, compression, figures for a checkpoint or run (--checkpoint or train.run_id)",
+        "daydream": "daydream chains from real test images (eval.daydream_chains x eval.daydream_steps)",
     }
     for name, handler in handlers.items():
         sub = commands.add_parser(name, help=helps[name])
         add_config_arguments(sub)
         if name == "train":
             sub.add_argument("--address", default="", help="Ray address to join (else RAY_ADDRESS, else local)")
+        if name in ("evaluate", "daydream"):
+            sub.add_argument("--checkpoint", default="", help="checkpoint folder or run folder (else train.run_id)")
+            sub.add_argument("--out", default="", help="output folder (default <run>/eval)")
+        if name == "evaluate":
+            sub.add_argument("--no-figures", action="store_true", help="metrics only")
         sub.set_defaults(handler=handler)
     return parser
 
@@ -75,13 +105,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from acn_dist.codes.store import StoreError
     from acn_dist.data.shards import DataError
     from acn_dist.data.sources import SourceError
+    from acn_dist.evaluate.probe import ProbeError
+    from acn_dist.evaluate.run import EvaluationError
+    from acn_dist.tracking import TrackingError
+    from acn_dist.train.distributed import ClusterError
 
     try:
         return args.handler(args)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    except (DataError, SourceError, StoreError) as error:
+    except (DataError, SourceError, StoreError, TrackingError, ClusterError, EvaluationError,
+            ProbeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

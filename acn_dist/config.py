@@ -96,7 +96,7 @@ class CodesConfig:
     blas_threshold: int = _at_least(20, 0)  # faiss.cvar.distance_compute_blas_threshold
     ivf_lists: int = _at_least(1024, 1)
     ivf_probe: int = _at_least(16, 1)
-    ivf_rebuild_every: int = _at_least(20000, 1)  # rows updated between IVF rebuilds
+    ivf_rebuild_every: int = _at_least(0, 0)  # rows written between IVF rebuilds; 0 = the table size (a pass)
     batch_window_ms: float = _at_least(2.0, 0.0)  # coalescing window for queries
     max_updates_in_flight: int = _at_least(4, 1)
     seed: int = 0
@@ -129,6 +129,9 @@ class EvalConfig:
     knn_k: int = _at_least(5, 1)
     daydream_chains: int = _at_least(8, 1)
     daydream_steps: int = _at_least(12, 1)
+    ordered_graph_k: int = _at_least(50, 1)  # neighbours searched per datum when building the ordering
+    ordered_limit: int = _at_least(0, 0)  # train data in the ordered bound (0 = all); for slow decoders
+    probe: bool = True  # the probes need labels
     seed: int = 0
 
 

@@ -4,8 +4,11 @@
 """
 
 import sys
+from pathlib import Path
 
-from acn_dist.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, under `ray job submit`
+
+from acn_dist.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["prepare", *sys.argv[1:]]))

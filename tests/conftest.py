@@ -55,10 +55,10 @@ def copy_dataset(tmp_path: Path):
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray instance for the whole session (2 CPUs, like CI)."""
+    """A real local Ray instance for the whole session (4 logical CPUs on a 2-core CI machine)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="acn_dist_tests")
+        ray.init(num_cpus=4, log_to_driver=False, namespace="acn_dist_tests")  # logical: 2 workers + store
     yield ray
     ray.shutdown()

@@ -52,6 +52,14 @@ def initial_table(size: int, dim: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((size, dim), dtype=np.float32)
 
 
+def last_write_per_id(ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Resolve repeated ids in one call: the last occurrence wins."""
+    if len(np.unique(ids)) == len(ids):
+        return ids, codes
+    unique, last_from_end = np.unique(ids[::-1], return_index=True)
+    return unique, codes[len(ids) - 1 - last_from_end]
+
+
 class CodeStore:
     def __init__(self, size: int, dim: int, k: int = 5, seed: int = 0,
                  backend: SearchBackend | None = None, unique_neighbours: bool = False):
@@ -107,6 +115,7 @@ class CodeStore:
         ids = self._check_ids(ids)
         codes = self._check_codes(codes, len(ids))
         self.step = max(self.step, step) if step is not None else self.step + 1
+        ids, codes = last_write_per_id(ids, codes)
         self.backend.write(ids, codes)
         self.row_step[ids] = self.step
         self.written[ids] = True

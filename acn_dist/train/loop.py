@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Runtime:
     # Called on every rank at every log step (Ray Train's report is a barrier); `checkpoint` is
     # the folder written by rank 0 at this step, or None.
     report: Callable[[dict[str, float], Path | None], None] = lambda metrics, checkpoint: None
+    barrier: Callable[[], None] = lambda: None  # all ranks wait here (after the store is restored)
 
     @property
     def is_main(self) -> bool:
@@ -64,6 +66,12 @@ def dataset_folder(config: Config) -> Path:
 
 def run_dir(config: Config) -> Path:
     return Path(config.train.storage_path) / config.train.run_id
+
+
+def say(line: str) -> None:
+    """One line to the terminal. (Not `print`: Ray Train patches it, and lines appear twice.)"""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def with_next(batches: Iterator[Batch]) -> Iterator[tuple[Batch, Batch | None]]:
@@ -121,17 +129,25 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
         acn.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
-        set_rng_state(state["rng"][min(runtime.rank, len(state["rng"]) - 1)])
+        if runtime.is_main:
+            set_rng_state(state["rng"][0])
+        else:  # other ranks: distinct, reproducible streams from the resumed step
+            torch.manual_seed(config.train.seed + 1000 * runtime.rank + step)
         if runtime.store is not None and runtime.is_main:
+            # The store may hold rows written after this checkpoint (a worker failed): rewind it.
             runtime.store.restore(str((checkpoint / "codes").resolve()))
         if runtime.is_main:
-            print(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {skip})", flush=True)
+            say(f"resumed from {checkpoint} at step {step} (epoch {epoch}, batch {skip})")
     else:
         torch.manual_seed(config.train.seed + 1000 * runtime.rank)
+    runtime.barrier()  # no rank writes codes before rank 0 has restored the table
     model = runtime.wrap(acn)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = out_dir / "metrics.jsonl"
     progress = Progress(total_steps, step)
     history: list[dict[str, float]] = []
-    window: dict[str, list[float]] = {"loss": [], "kl": [], "reconstruction": [], "staleness": []}
+    window: dict[str, list[float]] = {"loss": [], "kl": [], "reconstruction": [], "staleness": [],
+                                      "data_ms": [], "forward_ms": [], "backward_ms": []}
     window_start, window_samples = time.perf_counter(), 0
     wait_at_window = runtime.store.wait_seconds if runtime.store else 0.0
     skipped_nonfinite = 0
@@ -148,9 +164,11 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
         pending: PendingNeighbours | None = None
         batch_in_epoch = skip
         epoch_at_start = epoch
+        waiting_since = time.perf_counter()
         for (ids, x, _), following in with_next(loader.epoch(epoch, skip=skip)):
             if step >= total_steps:
                 break
+            window["data_ms"].append(1000 * (time.perf_counter() - waiting_since))
             x = x.to(runtime.device)
             current: PendingNeighbours | None = None
             if prefetch:  # ĉ for this batch, and a request for the next one to run meanwhile
@@ -172,6 +190,8 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
                 window["kl"].append(float(result.losses.kl.detach().mean()))
                 window["reconstruction"].append(float(result.losses.reconstruction.detach().mean()))
                 window["staleness"].append(result.neighbour_staleness)
+                window["forward_ms"].append(1000 * result.forward_s)
+                window["backward_ms"].append(1000 * result.backward_s)
             end_of_epoch = following is None
             if end_of_epoch:
                 epoch, batch_in_epoch = epoch + 1, 0
@@ -188,7 +208,12 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
                     "store_wait_ms": 1000 * (wait_now - wait_at_window) / steps_in_window,
                     "staleness": _mean(window["staleness"]),
                     "epoch": float(epoch), "skipped_nonfinite": float(skipped_nonfinite),
+                    "data_ms": _mean(window["data_ms"]), "forward_ms": _mean(window["forward_ms"]),
+                    "backward_ms": _mean(window["backward_ms"]),
                 }
+                if uses_store and runtime.is_main:
+                    latency = runtime.store.stats()["neighbours_latency"]
+                    metrics["store_query_p50_ms"], metrics["store_query_p99_ms"] = latency["p50_ms"], latency["p99_ms"]
                 written: Path | None = None
                 if due_checkpoint and runtime.is_main:
                     if runtime.store is not None:
@@ -197,14 +222,18 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
                                               runtime.store if uses_store else _NoStore(),
                                               keep=config.train.keep_checkpoints)
                     last_checkpoint = written
-                runtime.report(metrics, written)
+                runtime.report({"step": step, **metrics}, written)
                 if runtime.is_main:
-                    print(progress.line(step, epoch, metrics), flush=True)
+                    say(progress.line(step, epoch, metrics))
                 history.append({"step": step, **metrics})
+                if runtime.is_main:  # as it happens, so a crash keeps the history (and shows redone steps)
+                    with open(metrics_path, "a") as handle:
+                        handle.write(json.dumps(history[-1]) + "\n")
                 window = {key: [] for key in window}
                 window_start, window_samples, wait_at_window = time.perf_counter(), 0, wait_now
             if end_of_epoch:
                 break
+            waiting_since = time.perf_counter()
         if epoch == epoch_at_start and step < total_steps:
             epoch += 1  # nothing left in this epoch (resumed at its end)
         skip = 0
@@ -213,12 +242,15 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
         "checkpoint": str(last_checkpoint) if last_checkpoint else None,
         "history": history, "skipped_nonfinite": skipped_nonfinite,
     }
-    if runtime.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "metrics.jsonl", "a") as handle:
-            for row in history:
-                handle.write(json.dumps(row) + "\n")
     return summary
+
+
+def read_history(folder: Path) -> list[dict[str, float]]:
+    """The metrics rows rank 0 wrote to `<run>/metrics.jsonl` (all sessions of the run)."""
+    path = Path(folder) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class _NoStore:

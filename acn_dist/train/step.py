@@ -13,6 +13,7 @@ batch's stored codes (one visit old), which hides the search behind the previous
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ class NonFiniteError(FloatingPointError):
 class StepResult:
     losses: Losses
     neighbour_staleness: float  # mean steps since the picked neighbour codes were written (nan: vae)
+    forward_s: float = 0.0  # encode, prior, decode, loss (store calls excluded)
+    backward_s: float = 0.0  # backward (with DDP's allreduce) and the optimiser step
 
 
 def train_step(
@@ -54,16 +57,20 @@ def train_step(
         store.update(ids_np, code_np, step)  # 2. c(x) <- mean of q(z|x)
         found = (prefetched or store.request_neighbours(ids_np, code_np)).result()  # 3. KNN(x), ĉ
         staleness.append(float(np.mean(found.staleness)))
-        return torch.from_numpy(found.neighbour_codes).to(code.device)
+        return torch.tensor(found.neighbour_codes, device=code.device)  # a copy: Ray results are read-only
 
     # 2-4: encode; write the code and pick ĉ; p(z|ĉ); z ~ q(z|x); decode
+    started, waited_before = time.perf_counter(), store.wait_seconds if store else 0.0
     _, losses = model(x, write_code_and_find_neighbour)
     loss = acn.training_loss(losses)
     if not torch.isfinite(loss):
         raise NonFiniteError(f"step {step}: loss is {loss.item()}; the weights were not updated")
+    forward_done = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(acn.parameters(), grad_clip)
     optimizer.step()
-    return StepResult(losses=losses, neighbour_staleness=staleness[0] if staleness else math.nan)
+    store_wait = (store.wait_seconds - waited_before) if store else 0.0
+    return StepResult(losses=losses, neighbour_staleness=staleness[0] if staleness else math.nan,
+                      forward_s=forward_done - started - store_wait, backward_s=time.perf_counter() - forward_done)

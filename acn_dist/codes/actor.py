@@ -1,0 +1,212 @@
+"""The code store as a Ray actor: one per training run, named after the run.
+
+`CodeStoreActor` serves the in-process `CodeStore` contract remotely. It is an async actor: every
+call is a coroutine on one event loop, and all table work (writes, faiss searches, snapshots) runs
+on one executor thread in arrival order, so the loop is never blocked (stats answer at once) and
+an update sent before a query is applied before it.
+
+Queries arriving within `batch_window_ms` of each other, from any number of workers, are
+coalesced into one large search: search throughput grows with batch size.
+
+On (re)start the actor restores the latest snapshot found in `restore_from` (the run's
+checkpoints), so Ray's actor restart after a crash brings the table back to the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from acn_dist.codes.store import CodeStore, Neighbours, StoreError
+
+NAMESPACE = "acn_dist"
+
+
+def actor_name(run_id: str) -> str:
+    return f"codes-{run_id}"
+
+
+@dataclass
+class _Query:
+    ids: np.ndarray
+    codes: np.ndarray | None
+    k: int | None
+    done: asyncio.Future
+
+
+def split_neighbours(found: Neighbours, sizes: list[int]) -> list[Neighbours]:
+    """Cut the result of one coalesced search back into the callers' pieces."""
+    cuts = np.cumsum([0, *sizes])
+    return [Neighbours(found.ids[a:b], found.distances[a:b], found.neighbour_ids[a:b],
+                       found.neighbour_codes[a:b], found.staleness[a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+
+
+class CodeStoreActor:
+    def __init__(self, size: int, dim: int, codes_config: dict[str, Any], restore_from: str | None = None):
+        from acn_dist.codes.factory import build_store
+        from acn_dist.config import CodesConfig
+
+        config = CodesConfig(**codes_config)
+        self.store: CodeStore = build_store(config, size, dim)
+        self.window = config.batch_window_ms / 1000
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="code-store")
+        self.pending: list[_Query] = []
+        self.flusher: asyncio.Task | None = None
+        self.coalesced_searches = 0
+        self.restored_from: str | None = None
+        self.started = time.time()
+        if restore_from:
+            self.restored_from = self._restore_latest(restore_from)
+
+    def _restore_latest(self, folder: str) -> str | None:
+        from acn_dist.train.checkpoint import latest_checkpoint
+
+        checkpoint = latest_checkpoint(folder)
+        if checkpoint is None or not (checkpoint / "codes" / "header.json").is_file():
+            return None
+        self.store.restore(checkpoint / "codes")
+        return str(checkpoint)
+
+    async def _run(self, call: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)
+
+    async def update(self, ids: np.ndarray, codes: np.ndarray, step: int | None = None) -> int:
+        return await self._run(self.store.update, ids, codes, step)
+
+    async def neighbours(self, ids: np.ndarray, codes: np.ndarray | None = None, k: int | None = None) -> Neighbours:
+        ids = self.store._check_ids(ids)  # refuse a bad call alone, never the batch it joins
+        if codes is not None:
+            codes = self.store._check_codes(codes, len(ids))
+        query = _Query(ids, codes, k, asyncio.get_running_loop().create_future())
+        self.pending.append(query)
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.ensure_future(self._flush_after_window())
+        return await query.done
+
+    async def _flush_after_window(self) -> None:
+        """Search everything pending, in windows, until nothing is pending. (The loop matters:
+        queries arriving during a search join the next window; the check and the task's end happen
+        without yielding, so no query is ever left waiting.)"""
+        while self.pending:
+            if self.window > 0:
+                await asyncio.sleep(self.window)
+            batch, self.pending = self.pending, []
+            groups: dict[int | None, list[_Query]] = {}
+            for query in batch:
+                groups.setdefault(query.k, []).append(query)
+            for k, queries in groups.items():
+                try:
+                    results = await self._run(self._search_group, queries, k)
+                    for query, result in zip(queries, results):
+                        query.done.set_result(result)
+                except Exception as error:  # every caller of the group gets the error
+                    for query in queries:
+                        if not query.done.done():
+                            query.done.set_exception(error)
+
+    def _search_group(self, queries: list[_Query], k: int | None) -> list[Neighbours]:
+        ids = np.concatenate([q.ids for q in queries])
+        codes = np.concatenate([q.codes if q.codes is not None else self.store.backend.rows(q.ids)
+                                for q in queries]) if len(queries) > 1 else queries[0].codes
+        self.coalesced_searches += 1
+        found = self.store.neighbours(ids, codes, k)
+        return split_neighbours(found, [len(q.ids) for q in queries])
+
+    async def snapshot(self, path: str) -> str:
+        return str(await self._run(self.store.snapshot, path))
+
+    async def restore(self, path: str) -> None:
+        await self._run(self.store.restore, path)
+
+    async def table(self) -> np.ndarray:
+        return await self._run(self.store.table)
+
+    async def stats(self) -> dict[str, Any]:
+        calls = self.store.counters["queries"]
+        return {**self.store.stats(), "coalesced_searches": self.coalesced_searches,
+                "mean_calls_per_search": (sum(self.store.batch_sizes) / max(len(self.store.batch_sizes), 1)),
+                "restored_from": self.restored_from, "uptime_s": time.time() - self.started,
+                "searches": calls}
+
+    async def ping(self) -> bool:
+        return True
+
+
+def create_store_actor(run_id: str, size: int, dim: int, codes_config: dict[str, Any],
+                       restore_from: str | None = None, max_restarts: int = -1) -> Any:
+    """The run's code-store actor (created, or the live one of this run). Ray restarts it after a
+    crash (max_restarts) and retries calls in flight (max_task_retries); on restart it restores
+    the latest snapshot under `restore_from`."""
+    num_cpus = codes_config.get("num_cpus", 1)
+    num_gpus = codes_config.get("num_gpus", 0) if codes_config.get("backend") == "gpu" else 0
+    remote = ray.remote(CodeStoreActor).options(
+        name=actor_name(run_id), namespace=NAMESPACE, get_if_exists=True,
+        num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=-1,
+        max_concurrency=1000,
+    )
+    actor = remote.remote(size, dim, codes_config, restore_from)
+    ray.get(actor.ping.remote())
+    return actor
+
+
+def get_store_actor(run_id: str) -> Any:
+    return ray.get_actor(actor_name(run_id), namespace=NAMESPACE)
+
+
+class _PendingRef:
+    def __init__(self, client: RayClient, ref: ray.ObjectRef):
+        self.client, self.ref = client, ref
+
+    def result(self) -> Neighbours:
+        return self.client._wait(self.ref)
+
+
+class RayClient:
+    """The worker's handle on the store actor: fire-and-forget updates (at most
+    `max_updates_in_flight` outstanding), neighbour requests as futures, and the seconds the
+    training step spent waiting on either."""
+
+    def __init__(self, actor: Any, max_updates_in_flight: int = 4):
+        self.actor = actor
+        self.max_in_flight = max_updates_in_flight
+        self.in_flight: list[ray.ObjectRef] = []
+        self.wait_seconds = 0.0
+
+    def _wait(self, ref: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as error:
+            cause = error.as_instanceof_cause()
+            raise (cause if isinstance(cause, StoreError) else error) from None
+        finally:
+            self.wait_seconds += time.perf_counter() - start
+
+    def update(self, ids: np.ndarray, codes: np.ndarray, step: int) -> None:
+        self.in_flight.append(self.actor.update.remote(ids, codes, step))
+        while len(self.in_flight) > self.max_in_flight:
+            self._wait(self.in_flight.pop(0))  # also surfaces a refused update
+
+    def request_neighbours(self, ids: np.ndarray, codes: np.ndarray | None = None) -> _PendingRef:
+        return _PendingRef(self, self.actor.neighbours.remote(ids, codes))
+
+    def flush(self) -> None:
+        while self.in_flight:
+            self._wait(self.in_flight.pop(0))
+
+    def snapshot(self, path: str) -> str:
+        self.flush()
+        return self._wait(self.actor.snapshot.remote(str(Path(path).resolve())))
+
+    def restore(self, path: str) -> None:
+        self._wait(self.actor.restore.remote(str(Path(path).resolve())))
+
+    def stats(self) -> dict[str, Any]:
+        return self._wait(self.actor.stats.remote())

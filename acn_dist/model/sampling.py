@@ -1,0 +1,59 @@
+"""Drawing images from the decoder r(x|z): in one pass for independent pixels, pixel by pixel
+(raster order) for the autoregressive gated PixelCNN."""
+
+from __future__ import annotations
+
+import torch
+
+from acn_dist.model.acn import ACN
+from acn_dist.model.networks import GatedPixelCNN
+
+
+def sample_pixels(logits: torch.Tensor, likelihood: str, generator: torch.Generator | None) -> torch.Tensor:
+    """Bernoulli logits [B, C, H, W] or categorical [B, C, 256, H, W] -> images in [0, 1]."""
+    if likelihood == "bernoulli":
+        return torch.bernoulli(torch.sigmoid(logits), generator=generator)
+    probs = torch.softmax(logits.movedim(2, -1), dim=-1)  # [B, C, H, W, 256]
+    flat = torch.multinomial(probs.reshape(-1, 256), 1, generator=generator)
+    return flat.reshape(probs.shape[:-1]).float() / 255
+
+
+@torch.no_grad()
+def decode(acn: ACN, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x ~ r(x|z) for each row of z: [B, C, H, W] in [0, 1]."""
+    channels, height, width = acn.image_shape
+    if not isinstance(acn.decoder, GatedPixelCNN):
+        return sample_pixels(acn.decoder(z), acn.likelihood, generator)
+    x = torch.zeros(len(z), channels, height, width, device=z.device)
+    for row in range(height):  # each pixel given those before it
+        for column in range(width):
+            logits = acn.decoder(z, x)
+            pixel = sample_pixels(logits[..., row:row + 1, column:column + 1], acn.likelihood, generator)
+            x[:, :, row, column] = pixel[:, :, 0, 0]
+    return x
+
+
+@torch.no_grad()
+def daydream(acn: ACN, x: torch.Tensor, steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Chains x -> c -> z ~ p(z|c) -> x ~ r(x|z) -> ...: [steps + 1, B, C, H, W], the real x first.
+
+    With the VAE objective the chain is x -> c -> z ~ q(z|x) -> x ~ r(x|z) (its prior ignores c)."""
+    frames = [x]
+    for _ in range(steps):
+        code = acn.encode(frames[-1])
+        if acn.objective == "acn":
+            z = acn.prior(code).sample(generator)
+        else:
+            z = acn.sample_posterior(code, generator)
+        frames.append(decode(acn, z, generator))
+    return torch.stack(frames)
+
+
+@torch.no_grad()
+def prior_samples(acn: ACN, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images from scratch: z ~ p(z) (the unconditional prior; N(0, I) for the VAE), x ~ r(x|z)."""
+    if acn.objective == "acn":
+        z = acn.unconditional_prior(count).sample(generator)
+    else:
+        z = torch.randn(count, acn.code_size, generator=generator)
+    return decode(acn, z, generator)

@@ -1,0 +1,146 @@
+"""MLflow: the one place that knows MLflow.
+
+The driver opens the run (name = tag `acn_dist.run_id` = the training run id; running again with
+the same id continues the same MLflow run), logs the flattened config as params and, after
+training, artifacts. During distributed training the only writer of metrics is
+`MLflowCallback`, a Ray Train callback on the controller process that logs rank 0's reports.
+
+The default store is a local SQLite file `mlflow.db` with artifacts under `mlartifacts/` (absolute
+paths, so every process agrees); any tracking URI by `tracking.uri` or `MLFLOW_TRACKING_URI`.
+An unreachable store warns and training goes on (`tracking.on_error=warn`) or stops (`stop`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from acn_dist.config import Config, TrackingConfig
+
+RUN_TAG = "acn_dist.run_id"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store could not be used and `tracking.on_error=stop`."""
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def artifact_location(config: TrackingConfig) -> str:
+    return config.artifact_location or Path("mlartifacts").resolve().as_uri()
+
+
+def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in metrics.items()
+            if isinstance(value, (int, float)) and math.isfinite(float(value))}
+
+
+class Tracker:
+    """The driver's MLflow run. Every method is a no-op once tracking is disabled or failed."""
+
+    def __init__(self, config: Config):
+        self.config = config.tracking
+        self.uri = tracking_uri(self.config)
+        self.run_id: str | None = None
+        self.client: Any = None
+        self.failed = False
+
+    @property
+    def active(self) -> bool:
+        return self.config.enabled and not self.failed and self.run_id is not None
+
+    def _failure(self, what: str, error: Exception) -> None:
+        message = f"MLflow ({self.uri}): {what} failed: {type(error).__name__}: {error}"
+        if self.config.on_error == "stop":
+            raise TrackingError(f"{message}. Fix the tracking URI or set tracking.on_error=warn") from error
+        print(f"warning: {message}; training goes on without tracking (tracking.on_error=warn)",
+              file=sys.stderr, flush=True)
+        self.failed = True
+
+    def start(self, config: Config) -> str | None:
+        """Open (or reopen, for a resumed run id) the MLflow run; returns its MLflow run id."""
+        if not self.config.enabled:
+            return None
+        try:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment = self.client.get_experiment_by_name(self.config.experiment)
+            experiment_id = (experiment.experiment_id if experiment else self.client.create_experiment(
+                self.config.experiment, artifact_location=artifact_location(self.config)))
+            found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{config.train.run_id}'",
+                                            max_results=1)
+            if found:
+                self.run_id = found[0].info.run_id
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                run = self.client.create_run(experiment_id, run_name=config.train.run_id,
+                                             tags={RUN_TAG: config.train.run_id})
+                self.run_id = run.info.run_id
+                self.log_params(config.flat())
+        except Exception as error:  # noqa: BLE001  (any store failure: by config, warn or stop)
+            self._failure("opening the run", error)
+        return self.run_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)[:6000]) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+        if not self.active:
+            return
+        try:
+            log_metrics(self.client, self.run_id, metrics, step)
+        except Exception as error:  # noqa: BLE001
+            self._failure("logging metrics", error)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if not self.active:
+            return
+        try:
+            self.client.log_artifact(self.run_id, str(path), folder)
+        except Exception as error:  # noqa: BLE001
+            self._failure(f"logging artifact {path}", error)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.active:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.active:
+            try:
+                self.client.set_terminated(self.run_id, status=status)
+            except Exception as error:  # noqa: BLE001
+                self._failure("closing the run", error)
+
+
+def log_metrics(client: Any, run_id: str, metrics: dict[str, Any], step: int) -> None:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, step)
+                                      for key, value in finite_metrics(metrics).items()])
+
+
+def find_run(config: Config) -> str | None:
+    """The MLflow run id of a training run id, or None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(config.tracking))
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        return None
+    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{config.train.run_id}'",
+                               max_results=1)
+    return found[0].info.run_id if found else None

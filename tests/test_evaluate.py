@@ -1,0 +1,127 @@
+"""Evaluation: probes, compression bound, figures, daydreams, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from acn_dist.config import load
+from acn_dist.evaluate import compression, probe
+from acn_dist.evaluate.figures import grid, save_grid
+from acn_dist.evaluate.run import EvaluationError, evaluate, resolve_checkpoint
+from acn_dist.model.acn import ACN
+from acn_dist.model.sampling import daydream
+from acn_dist.train.driver import train_local
+
+
+def test_probe_separates_separable_codes_and_is_at_chance_on_random_codes() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 3000)
+    centres = rng.standard_normal((10, 16)) * 5
+    codes = centres[labels] + rng.standard_normal((3000, 16)) * 0.5
+    assert probe.linear_probe(codes[:2000], labels[:2000], codes[2000:], labels[2000:]) > 0.99
+    assert probe.knn_probe(codes[:2000], labels[:2000], codes[2000:], labels[2000:]) > 0.99
+    noise = rng.standard_normal((3000, 16))
+    chance = probe.linear_probe(noise[:2000], labels[:2000], noise[2000:], labels[2000:])
+    assert 0.05 < chance < 0.16
+
+
+def test_probe_refuses_missing_labels() -> None:
+    codes = np.zeros((4, 2))
+    with pytest.raises(probe.ProbeError, match="missing labels"):
+        probe.linear_probe(codes, np.array([0, 1, -1, 0]), codes, np.array([0, 1, 1, 0]))
+
+
+def test_greedy_ordering_sends_every_datum_exactly_once() -> None:
+    codes = np.random.default_rng(1).standard_normal((2000, 8)).astype(np.float32)
+    order, jumps = compression.greedy_ordering(codes, graph_k=5, seed=3)
+    assert sorted(order.tolist()) == list(range(2000))
+    assert 0 <= jumps < 2000
+    # without jumps, each step goes to one of the current datum's nearest neighbours
+    _, graph = __import__("faiss").knn(codes, codes, 6)
+    in_graph = np.mean([order[i + 1] in graph[order[i]] for i in range(1999)])
+    assert in_graph == pytest.approx(1 - jumps / 1999, abs=1e-9)
+
+
+def small_acn(objective: str) -> ACN:
+    config = load(None, ["model.encoder=mlp", "model.hidden=32", "model.code_size=4", "prior.hidden=32",
+                         "prior.components=3", f"model.objective={objective}"])
+    torch.manual_seed(0)
+    return ACN(config, (1, 8, 8))
+
+
+@pytest.mark.parametrize("objective", ["acn", "vae"])
+def test_compression_bound_is_the_sum_of_its_parts(objective: str) -> None:
+    acn = small_acn(objective)
+    x = (torch.rand(300, 1, 8, 8) > 0.5).float()
+    with torch.no_grad():
+        codes = acn.encode(x).numpy()
+    figures, order = compression.ordered_bound(acn, x, codes, graph_k=5, samples=4, seed=0, batch_size=64)
+    assert sorted(order.tolist()) == list(range(300)) and figures["ordered_count"] == 300
+    assert figures["ordered_nats_per_image"] == pytest.approx(figures["ordered_kl"] + figures["ordered_reconstruction"],
+                                                              rel=1e-6)
+    assert figures["ordered_bits_per_dim"] == pytest.approx(figures["ordered_nats_per_image"] / (64 * np.log(2)))
+    test = compression.test_set_compression(acn, codes, x[:50], codes[:50], k=3, samples=4, seed=0)
+    assert test["test_nats_per_image"] == pytest.approx(test["test_kl"] + test["test_reconstruction"], rel=1e-6)
+    assert 0 < test["test_reconstruction"] < 64 * 2  # nats for 64 binary pixels, untrained
+
+
+def test_grid_png_has_the_grid_size(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).random((3, 5, 1, 8, 8)).astype(np.float32)
+    assert grid(images).shape == (3 * 9 + 1, 5 * 9 + 1, 3)
+    path = save_grid(images, tmp_path / "g.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    assert matplotlib.image.imread(path).shape[:2] == (28, 46)
+
+
+def test_daydream_chain_has_the_requested_length_and_shape() -> None:
+    acn = small_acn("acn")
+    x = (torch.rand(4, 1, 8, 8) > 0.5).float()
+    chains = daydream(acn, x, steps=6, generator=torch.Generator().manual_seed(0))
+    assert chains.shape == (7, 4, 1, 8, 8)
+    assert torch.equal(chains[0], x)
+    assert set(torch.unique(chains[1:]).tolist()) <= {0.0, 1.0}
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(sklearn_digits: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    runs = tmp_path_factory.mktemp("runs")
+    config = load("jobs/configs/sklearn_digits.yaml", [f"data.root={sklearn_digits.parent}", f"train.storage_path={runs}",
+                                                       "train.run_id=eval", "train.epochs=5", "data.loader_workers=0"])
+    return Path(train_local(config)["checkpoint"])
+
+
+def test_evaluation_writes_metrics_figures_and_is_deterministic(trained_checkpoint: Path, sklearn_digits: Path,
+                                                                tmp_path: Path) -> None:
+    settings = load(None, [f"data.root={sklearn_digits.parent}", "eval.daydream_chains=3", "eval.daydream_steps=4",
+                           "eval.kl_samples=3", "tracking.enabled=false"])
+    first = evaluate(trained_checkpoint, tmp_path / "a", overrides=settings, log=False)
+    second = evaluate(trained_checkpoint, tmp_path / "b", overrides=settings, log=False, figures_on=False)
+    for key in ("probe_codes", "probe_pixels", "probe_pca16", "knn_codes", "test_nats_per_image",
+                "ordered_nats_per_image", "ordered_kl"):
+        assert first[key] == second[key], key
+    assert first["probe_codes"] > 0.3  # 10 classes: far above chance after a short training
+    assert first["probe_pixels"] > 0.85
+    assert first["ordered_count"] == first["train_count"]
+    names = {Path(p).name for p in first["figures"]}
+    assert names == {"pca_test_codes.png", "reconstructions.png", "daydream.png", "prior_samples.png"}
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "a" / "daydream.png").shape[:2] == (3 * 9 + 1, 4 * 9 + 1)
+    assert matplotlib.image.imread(tmp_path / "a" / "reconstructions.png").shape[:2] == (2 * 9 + 1, 8 * 9 + 1)
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert saved["probe_codes"] == first["probe_codes"]
+    assert "| probe_codes |" in (tmp_path / "a" / "report.md").read_text()
+
+
+def test_resolve_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(EvaluationError, match="no complete checkpoint"):
+        resolve_checkpoint(str(tmp_path), None)
+    with pytest.raises(EvaluationError, match="--checkpoint"):
+        resolve_checkpoint(None, load(None, []))
