@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test data bench lint clean
+.PHONY: venv demo test data bench chaos paper lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ data: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) jobs/bench_data.py
+	$(PY) jobs/bench_codes.py
+	$(PY) jobs/bench_local.py
+	$(PY) jobs/bench_train.py
+
+chaos: $(STAMP)
+	$(PY) jobs/chaos.py
+
+paper: $(STAMP)
+	$(PY) jobs/paper_table.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check acn_dist jobs tests

@@ -38,7 +38,9 @@ def main() -> int:
     parser.add_argument("--storage", default="runs/paper")
     parser.add_argument("--out", default="bench_results/paper_table.json")
     args = parser.parse_args()
-    results = []
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else []
+    results = [r for r in previous if r["row"] not in args.rows]  # keep rows not rerun now
     for row in args.rows:
         config_path, budget, eval_settings = BUDGETS[row]
         for objective in ("acn", "vae"):
@@ -53,17 +55,18 @@ def main() -> int:
             trained = time.perf_counter() - started
             settings = load(config_path, [*overrides, *eval_settings])
             metrics = evaluate(resolve_checkpoint(None, settings), overrides=settings)
+            results = [r for r in results if (r["row"], r["objective"]) != (row, objective)]
             results.append({"row": row, "objective": objective, "command": command,
                             "evaluate": f"acn-dist evaluate --config {config_path} --set train.run_id={run_id} "
                                         f"--set train.storage_path={args.storage} "
                                         + " ".join(f"--set {o}" for o in eval_settings),
                             "train_seconds": trained, **{k: v for k, v in metrics.items() if k != "figures"}})
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(results, indent=1))
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
     print("\n| data / decoder | model | probe acc. (codes) | k-NN acc. | PCA-16 | pixels | test nats/image (KL) "
           "| ordered bound nats/image |")
     print("|---|---|---|---|---|---|---|---|")
-    for r in results:
+    for r in sorted(results, key=lambda r: (list(BUDGETS).index(r["row"]), r["objective"])):
         print(f"| {r['row']} | {r['objective'].upper()} | {r['probe_codes']:.3f} | {r['knn_codes']:.3f} | "
               f"{r['probe_pca16']:.3f} | {r['probe_pixels']:.3f} | {r['test_nats_per_image']:.1f} ({r['test_kl']:.1f}) | "
               f"{r['ordered_nats_per_image']:.1f} |")

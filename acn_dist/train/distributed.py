@@ -171,11 +171,14 @@ def train_distributed(config: Config, tracker: Any = None) -> dict[str, Any]:
     if config.train.use_gpu and not torch.cuda.is_available() and not config.cluster.address:
         raise ConfigError("train.use_gpu=true but this machine has no CUDA device; set train.use_gpu=false "
                           "or join a GPU cluster (cluster.address)")
+    # Workers do not share the driver's working directory: give them absolute paths.
+    config.data.root = str(Path(config.data.root).resolve())
+    config.train.storage_path = str(Path(config.train.storage_path).resolve())
     where = connect(config)
     check_resources(config)
     size = train_size(config)
-    storage = Path(config.train.storage_path).resolve()
-    folder = run_dir(config).resolve()
+    storage = Path(config.train.storage_path)
+    folder = run_dir(config)
     actor = None
     if config.model.objective == "acn":
         actor = create_store_actor(config.train.run_id, size, config.model.code_size,
