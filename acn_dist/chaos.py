@@ -71,9 +71,13 @@ def wait_for_progress_past_checkpoint(folder: Path, at_least: int, log_every: in
 
 def kill_a_worker(run_id: str) -> str:
     """kill -9 one Ray Train worker process of the run (rank order is not known: the first found)."""
+    import ray
     from ray.util.state import list_actors
 
-    workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+    # The Ray instance this process joined (not "auto": other instances may run on this machine).
+    address = ray.get_runtime_context().gcs_address
+    workers = list_actors(address=address,
+                          filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
     if not workers:
         raise RuntimeError("no live RayTrainWorker to kill")
     pid = int(workers[0]["pid"])

@@ -4,6 +4,9 @@ for each whether the run finished, the steps redone and the wall time lost again
     python jobs/chaos.py [--config jobs/configs/sklearn_digits.yaml] [--set key=value ...]
                          [--out bench_results/chaos.json]
 
+Then the load test: many concurrent clients (default 8 x 10,000 calls, updates and queries mixed)
+on one store actor: lost updates and latency percentiles.
+
 Each scenario is a fresh run of the config (2 Ray Train workers, FailureConfig(max_failures=2),
 a checkpoint every `train.checkpoint_every` steps) on a local Ray.
 """
@@ -18,8 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acn_dist.chaos import FaultReport, driver_fault, in_run_fault, kill_a_worker, kill_the_store  # noqa: E402
-from acn_dist.config import load  # noqa: E402
+from acn_dist.chaos import (  # noqa: E402
+    FaultReport,
+    driver_fault,
+    in_run_fault,
+    kill_a_worker,
+    kill_the_store,
+    store_load,
+)
 from acn_dist.train.driver import train  # noqa: E402
 from acn_dist.train.loop import run_dir  # noqa: E402
 
@@ -30,6 +39,8 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--storage", default="runs/chaos")
     parser.add_argument("--out", default="bench_results/chaos.json")
+    parser.add_argument("--load-clients", type=int, default=8)
+    parser.add_argument("--load-calls", type=int, default=10_000, help="calls per client in the load test")
     args = parser.parse_args()
     stamp = time.strftime("%H%M%S")
     base = ["train.num_workers=2", "train.max_failures=2", "train.epochs=8", "train.checkpoint_every=20",
@@ -55,6 +66,14 @@ def main() -> int:
     reports.append(driver_fault(command, run_dir(cfg), cfg.train.checkpoint_every, cfg.train.log_every))
     print(reports[-1], flush=True)
 
+    import ray
+
+    load = store_load(args.load_clients, args.load_calls)
+    print(f"\nstore load: {load['clients']} clients x {load['calls_per_client']} calls (updates and queries) in "
+          f"{load['wall_s']:.0f} s, {load['calls_per_s']:.0f} calls/s; rows with a lost update: "
+          f"{load['rows_with_lost_update']}; latency p50 {load['latency_p50_ms']:.1f} ms, p90 "
+          f"{load['latency_p90_ms']:.1f} ms, p99 {load['latency_p99_ms']:.1f} ms, max {load['latency_max_ms']:.0f} ms")
+    ray.shutdown()
     clean_wall = reports[0].wall_s
     print("\n| fault | injected | survived | final step | steps redone | wall time lost |")
     print("|---|---|---|---|---|---|")
@@ -63,9 +82,9 @@ def main() -> int:
               f"{report.final_step} | {report.steps_redone} | {max(report.wall_s - clean_wall, 0):.0f} s |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"config": args.config, "clean_wall_s": clean_wall,
-                                          "reports": [r.row() for r in reports]}, indent=1))
+                                          "reports": [r.row() for r in reports], "store_load": load}, indent=1))
     print(f"saved {args.out}")
-    return 0 if all(r.survived for r in reports) else 1
+    return 0 if all(r.survived for r in reports) and load["rows_with_lost_update"] == 0 else 1
 
 
 if __name__ == "__main__":
