@@ -29,6 +29,7 @@ from acn_dist.chaos import (  # noqa: E402
     kill_the_store,
     store_load,
 )
+from acn_dist.config import load  # noqa: E402
 from acn_dist.train.driver import train  # noqa: E402
 from acn_dist.train.loop import run_dir  # noqa: E402
 
@@ -68,11 +69,11 @@ def main() -> int:
 
     import ray
 
-    load = store_load(args.load_clients, args.load_calls)
-    print(f"\nstore load: {load['clients']} clients x {load['calls_per_client']} calls (updates and queries) in "
-          f"{load['wall_s']:.0f} s, {load['calls_per_s']:.0f} calls/s; rows with a lost update: "
-          f"{load['rows_with_lost_update']}; latency p50 {load['latency_p50_ms']:.1f} ms, p90 "
-          f"{load['latency_p90_ms']:.1f} ms, p99 {load['latency_p99_ms']:.1f} ms, max {load['latency_max_ms']:.0f} ms")
+    figures = store_load(args.load_clients, args.load_calls)
+    print(f"\nstore load: {figures['clients']} clients x {figures['calls_per_client']} calls (updates and queries) in "
+          f"{figures['wall_s']:.0f} s, {figures['calls_per_s']:.0f} calls/s; rows with a lost update: "
+          f"{figures['rows_with_lost_update']}; latency p50 {figures['latency_p50_ms']:.1f} ms, p90 "
+          f"{figures['latency_p90_ms']:.1f} ms, p99 {figures['latency_p99_ms']:.1f} ms, max {figures['latency_max_ms']:.0f} ms")
     ray.shutdown()
     clean_wall = reports[0].wall_s
     print("\n| fault | injected | survived | final step | steps redone | wall time lost |")
@@ -82,9 +83,9 @@ def main() -> int:
               f"{report.final_step} | {report.steps_redone} | {max(report.wall_s - clean_wall, 0):.0f} s |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"config": args.config, "clean_wall_s": clean_wall,
-                                          "reports": [r.row() for r in reports], "store_load": load}, indent=1))
+                                          "reports": [r.row() for r in reports], "store_load": figures}, indent=1))
     print(f"saved {args.out}")
-    return 0 if all(r.survived for r in reports) and load["rows_with_lost_update"] == 0 else 1
+    return 0 if all(r.survived for r in reports) and figures["rows_with_lost_update"] == 0 else 1
 
 
 if __name__ == "__main__":
