@@ -39,6 +39,27 @@ def run(config_path: str, runs: str, root: str, workers: int, steps: int, name: 
             **{key: float(np.median([row[key] for row in history])) for key in BREAKDOWN}}
 
 
+def prior_network_ms(batch: int = 128, code_size: int = 16, repeats: int = 50) -> float:
+    """Forward + backward of the paper's prior network p(z|ĉ) (3 x 512 tanh, 10 components) plus
+    the MC KL, one thread (what a 1-CPU Ray Train worker gets): the model's own extra cost over
+    the VAE, independent of the code store."""
+    import time
+
+    import torch
+
+    from acn_dist.model.priors import ConditionalPrior
+
+    torch.set_num_threads(1)
+    prior = ConditionalPrior(code_size)
+    neighbour, z = torch.randn(batch, code_size), torch.randn(batch, code_size)
+    for _ in range(5):
+        prior(neighbour).log_prob(z).sum().backward()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        prior(neighbour).log_prob(z).sum().backward()
+    return 1000 * (time.perf_counter() - start) / repeats
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
@@ -59,8 +80,12 @@ def main() -> None:
                 ratio = f" ratio to VAE {row['ratio_to_vae']:.3f}" if "ratio_to_vae" in row else ""
                 print(f"{dataset:>14} {variant:>13}: {row['samples_per_s']:7.0f} samples/s{ratio} | per step: "
                       + " ".join(f"{key[:-3]} {row[key]:6.1f} ms" for key in BREAKDOWN), flush=True)
+    prior_ms = prior_network_ms()
+    print(f"prior network p(z|ĉ) forward+backward, batch 128, 1 thread: {prior_ms:.1f} ms/step "
+          "(the ACN model's own extra work; the store's is the store_wait column)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"workers": args.workers, "steps": args.steps, "results": figures}, indent=1))
+    Path(args.out).write_text(json.dumps({"workers": args.workers, "steps": args.steps, "results": figures,
+                                          "prior_network_ms": prior_ms}, indent=1))
     print(f"saved {args.out}")
 
 
