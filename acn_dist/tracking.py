@@ -73,8 +73,8 @@ class Tracker:
             experiment = self.client.get_experiment_by_name(self.config.experiment)
             experiment_id = (experiment.experiment_id if experiment else self.client.create_experiment(
                 self.config.experiment, artifact_location=artifact_location(self.config)))
-            found = self.client.search_runs([experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{config.train.run_id}'",
-                                            max_results=1)
+            found = self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{config.train.run_id}'", max_results=1)
             if found:
                 self.run_id = found[0].info.run_id
                 self.client.update_run(self.run_id, status="RUNNING")
@@ -132,15 +132,3 @@ def log_metrics(client: Any, run_id: str, metrics: dict[str, Any], step: int) ->
     client.log_batch(run_id, metrics=[Metric(key, value, now, step)
                                       for key, value in finite_metrics(metrics).items()])
 
-
-def find_run(config: Config) -> str | None:
-    """The MLflow run id of a training run id, or None."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri(config.tracking))
-    experiment = client.get_experiment_by_name(config.tracking.experiment)
-    if experiment is None:
-        return None
-    found = client.search_runs([experiment.experiment_id], filter_string=f"tags.`{RUN_TAG}` = '{config.train.run_id}'",
-                               max_results=1)
-    return found[0].info.run_id if found else None

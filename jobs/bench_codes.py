@@ -25,7 +25,7 @@ import ray
 import torch
 
 from acn_dist.codes.actor import RayClient, create_store_actor, get_store_actor
-from acn_dist.codes.search import CPUExact, IVFApproximate
+from acn_dist.codes.search import CPUExact, IVFApproximate, recall_at_k
 from acn_dist.config import CodesConfig
 
 K = 5
@@ -87,9 +87,6 @@ def update_rate(actor, size: int, dim: int, seconds: float, rows: int = 1024) ->
     return written / (time.perf_counter() - start)
 
 
-def recall(exact_ids: np.ndarray, approximate_ids: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(exact_ids, approximate_ids)]))
-
 
 def bench_table(size: int, dim: int, batches: list[int], seconds: float, threads: int, gemm: float,
                 codes: CodesConfig) -> list[dict]:
@@ -108,7 +105,7 @@ def bench_table(size: int, dim: int, batches: list[int], seconds: float, threads
             one = store_rate(run_id, queries, 1, seconds)
             two = store_rate(run_id, queries, 2, seconds)
             exact_ids = raw.search(queries, K)[1]
-            ivf_recall = recall(exact_ids, ivf.search(queries, K)[1])
+            ivf_recall = recall_at_k(exact_ids, ivf.search(queries, K)[1])
             ivf_qps = timed_rate(lambda q=queries: ivf.search(q, K + 1), batch, seconds)
             bound = gemm / (2 * size * dim)
             row = {"N": size, "D": dim, "batch": batch, "raw_faiss_qps": raw_qps, "store_qps_1_client": one,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from acn_dist.codes.factory import build_store
-from acn_dist.codes.search import CPUExact, IVFApproximate, ShardedExact, merge_top_k
+from acn_dist.codes.search import CPUExact, IVFApproximate, ShardedExact, merge_top_k, recall_at_k
 from acn_dist.codes.store import CodeStore, StoreError
 from acn_dist.config import CodesConfig
 
@@ -59,15 +59,12 @@ def test_gpu_backend_without_a_gpu_says_what_to_do() -> None:
         build_store(CodesConfig(backend="gpu"), 100, 4)
 
 
-def recall(exact_ids: np.ndarray, approximate_ids: np.ndarray) -> float:
-    return float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(exact_ids, approximate_ids)]))
-
 
 def test_ivf_recall_is_high_and_follows_updates_and_rebuilds() -> None:
     table, queries = data(20_000)
     exact = CPUExact(table.copy())
     ivf = IVFApproximate(table.copy(), lists=64, probe=16, rebuild_every=3000)
-    assert recall(exact.search(queries, 5)[1], ivf.search(queries, 5)[1]) > 0.9
+    assert recall_at_k(exact.search(queries, 5)[1], ivf.search(queries, 5)[1]) > 0.9
     rng = np.random.default_rng(3)
     for _ in range(4):  # codes drift: 4 x 1000 rows moved, one rebuild on the way
         rows = rng.choice(20_000, 1000, replace=False)
@@ -76,7 +73,7 @@ def test_ivf_recall_is_high_and_follows_updates_and_rebuilds() -> None:
         ivf.write(rows, moved)
     assert ivf.rebuilds == 2
     np.testing.assert_array_equal(ivf.table(), exact.table())
-    assert recall(exact.search(queries, 5)[1], ivf.search(queries, 5)[1]) > 0.9
+    assert recall_at_k(exact.search(queries, 5)[1], ivf.search(queries, 5)[1]) > 0.9
     found = ivf.search(moved[:20], 1)[1][:, 0]  # a moved row is found at its new place
     np.testing.assert_array_equal(found, rows[:20])
 

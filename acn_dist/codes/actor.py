@@ -59,7 +59,6 @@ class CodeStoreActor:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="code-store")
         self.pending: list[_Query] = []
         self.flusher: asyncio.Task | None = None
-        self.coalesced_searches = 0
         self.restored_from: str | None = None
         self.started = time.time()
         if restore_from:
@@ -115,7 +114,6 @@ class CodeStoreActor:
         ids = np.concatenate([q.ids for q in queries])
         codes = np.concatenate([q.codes if q.codes is not None else self.store.backend.rows(q.ids)
                                 for q in queries]) if len(queries) > 1 else queries[0].codes
-        self.coalesced_searches += 1
         found = self.store.neighbours(ids, codes, k)
         return split_neighbours(found, [len(q.ids) for q in queries])
 
@@ -129,11 +127,11 @@ class CodeStoreActor:
         return await self._run(self.store.table)
 
     async def stats(self) -> dict[str, Any]:
-        calls = self.store.counters["queries"]
-        return {**self.store.stats(), "coalesced_searches": self.coalesced_searches,
-                "mean_calls_per_search": (sum(self.store.batch_sizes) / max(len(self.store.batch_sizes), 1)),
-                "restored_from": self.restored_from, "uptime_s": time.time() - self.started,
-                "searches": calls}
+        """The store's stats plus the actor's own. Each coalesced search is one store query, so
+        `coalesced_searches` is the store's `queries` and `query_rows` the rows asked for."""
+        stats = self.store.stats()
+        return {**stats, "coalesced_searches": stats["queries"],
+                "restored_from": self.restored_from, "uptime_s": time.time() - self.started}
 
     async def ping(self) -> bool:
         return True

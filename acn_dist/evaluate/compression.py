@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 import torch
 
-from acn_dist.model.acn import ACN, posterior_log_prob, reconstruction_nats
+from acn_dist.model.acn import ACN, reconstruction_nats
 
 
 @dataclass
@@ -44,22 +44,14 @@ def code_lengths(acn: ACN, x: torch.Tensor, neighbour_codes: torch.Tensor | None
             kl_b = acn.kl_estimate(code, neighbour_codes[start:start + batch_size], samples, generator)
             if unconditional is not None and unconditional[start:start + batch_size].any():
                 rows = torch.from_numpy(unconditional[start:start + batch_size])
-                kl_b[rows] = unconditional_kl(acn, code[rows], samples, generator)
+                kl_b[rows] = acn.monte_carlo_kl(code[rows], acn.unconditional_prior(int(rows.sum())), samples,
+                                                generator)
         else:
             kl_b = acn.kl_estimate(code, None, samples, generator)
         z = acn.sample_posterior(code, generator)
         kl.append(kl_b.numpy())
         reconstruction.append(reconstruction_nats(acn.decoder(z, xb), xb, acn.likelihood).numpy())
     return CodeLengths(np.concatenate(kl), np.concatenate(reconstruction))
-
-
-def unconditional_kl(acn: ACN, code: torch.Tensor, samples: int, generator: torch.Generator) -> torch.Tensor:
-    prior = acn.unconditional_prior(len(code))
-    total = torch.zeros(len(code))
-    for _ in range(samples):
-        z = acn.sample_posterior(code, generator)
-        total += posterior_log_prob(z, code) - prior.log_prob(z)
-    return total / samples
 
 
 def pick_training_neighbours(train_codes: np.ndarray, queries: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -21,6 +21,7 @@ from acn_dist.data.binarize import binarize
 from acn_dist.data.reader import ShardLoader
 from acn_dist.evaluate import compression, figures, probe
 from acn_dist.model.acn import ACN
+from acn_dist.model.networks import GatedPixelCNN
 from acn_dist.model.sampling import daydream, decode, prior_samples
 from acn_dist.train.checkpoint import latest_checkpoint
 from acn_dist.train.loop import dataset_folder, load_for_evaluation
@@ -69,7 +70,7 @@ def encode_all(acn: ACN, x: torch.Tensor, batch_size: int) -> np.ndarray:
 def reconstructions(acn: ACN, x: torch.Tensor, generator: torch.Generator) -> np.ndarray:
     """[2, n, C, H, W]: the images, and x ~ r(x|z = c) (the mean for independent-pixel decoders)."""
     code = acn.encode(x)
-    if acn.decoder.__class__.__name__ == "GatedPixelCNN":
+    if isinstance(acn.decoder, GatedPixelCNN):
         rebuilt = decode(acn, code, generator)
     elif acn.likelihood == "bernoulli":
         rebuilt = torch.sigmoid(acn.decoder(code))

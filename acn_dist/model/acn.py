@@ -126,7 +126,12 @@ class ACN(nn.Module):
         """S-sample Monte-Carlo KL(q(z|x) || prior) per example, nats [B] (analytic for the VAE)."""
         if self.objective == "vae":
             return 0.5 * (code**2).sum(dim=-1)
-        prior = self.prior_given(neighbour_code)
+        return self.monte_carlo_kl(code, self.prior_given(neighbour_code), samples, generator)
+
+    @torch.no_grad()
+    def monte_carlo_kl(self, code: torch.Tensor, prior: DiagonalMixture | StandardNormal, samples: int,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """mean over S samples z ~ q(z|x) of log q(z|x) - log prior(z): [B] nats."""
         total = torch.zeros(len(code), device=code.device)
         for _ in range(samples):
             z = self.sample_posterior(code, generator)
