@@ -7,7 +7,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from acn_dist.config import Config, ConfigError, load
+from acn_dist.config import Config, load, with_values
+from acn_dist.errors import AcnError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     if args.address:
-        config.cluster.address = args.address
+        config = with_values(config, {"cluster.address": args.address})
     result = train(config)
     summary = {key: value for key, value in result.items() if key != "history"}
     if result["history"]:
@@ -49,7 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from acn_dist.evaluate.run import evaluate, resolve_checkpoint
+    from acn_dist.evaluate.loading import resolve_checkpoint
+    from acn_dist.evaluate.run import evaluate
 
     config = config_from_args(args)
     checkpoint = resolve_checkpoint(args.checkpoint, config)
@@ -61,7 +63,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_daydream(args: argparse.Namespace) -> int:
     from acn_dist.evaluate.daydream import daydream_chains
-    from acn_dist.evaluate.run import resolve_checkpoint
+    from acn_dist.evaluate.loading import resolve_checkpoint
 
     config = config_from_args(args)
     path = daydream_chains(resolve_checkpoint(args.checkpoint, config), config, args.out or None)
@@ -102,21 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from acn_dist.codes.store import StoreError
-    from acn_dist.data.shards import DataError
-    from acn_dist.data.sources import SourceError
-    from acn_dist.evaluate.probe import ProbeError
-    from acn_dist.evaluate.run import EvaluationError
-    from acn_dist.tracking import TrackingError
-    from acn_dist.train.distributed import ClusterError
-
     try:
         return args.handler(args)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
+    except AcnError as error:  # a refusal naming its culprit: one line, exit code 2
+        print(f"{error.label}: {error}", file=sys.stderr)
         return 2
-    except (DataError, SourceError, StoreError, TrackingError, ClusterError, EvaluationError,
-            ProbeError, FileNotFoundError) as error:
+    except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

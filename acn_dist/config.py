@@ -8,7 +8,10 @@ allowed.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,9 +20,9 @@ from typing import Any
 
 import yaml
 
+from acn_dist.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message names the key and what is allowed."""
+__all__ = ["Config", "ConfigError", "from_dict", "likelihood", "load", "with_values"]
 
 
 def _choice(default: str, *choices: str) -> Any:
@@ -34,10 +37,17 @@ def _in_range(default: float, low: float, high: float) -> Any:
     return field(default=default, metadata={"min": low, "max": high})
 
 
+# Run ids name folders, Ray actors and MLflow runs: letters, digits, '.', '_' and '-', starting
+# with a letter or digit (so never '..', never a path, never a quote in an MLflow filter).
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID_RULE = ("1 to 128 characters from letters, digits, '.', '_' and '-', starting with a letter or "
+               "digit")
+
+
 SOURCES = ("idx", "mnist-digits", "sklearn-digits", "arrays", "image-folder", "synthetic")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the dataset comes from, where its shards live, and how batches are read."""
 
@@ -57,7 +67,7 @@ class DataConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Encoder, decoder and objective."""
 
@@ -72,7 +82,7 @@ class ModelConfig:
     likelihood: str = _choice("auto", "auto", "bernoulli", "categorical")  # auto: bernoulli iff binarised
 
 
-@dataclass
+@dataclass(frozen=True)
 class PriorConfig:
     """The conditional prior network p(z|ĉ) and the unconditional prior p(z)."""
 
@@ -82,7 +92,7 @@ class PriorConfig:
     min_scale: float = _at_least(1e-3, 1e-6)
 
 
-@dataclass
+@dataclass(frozen=True)
 class CodesConfig:
     """The code store: the table of every training datum's latest code and its KNN search."""
 
@@ -97,14 +107,16 @@ class CodesConfig:
     ivf_lists: int = _at_least(1024, 1)
     ivf_probe: int = _at_least(16, 1)
     ivf_rebuild_every: int = _at_least(0, 0)  # rows written between IVF rebuilds; 0 = the table size (a pass)
+    exclude_batch: bool = False  # also exclude the ids of a datum's own batch from its neighbours
+    prefetch_warm_epochs: int = _at_least(0, 0)  # prefetch: epochs searched with fresh codes first
     batch_window_ms: float = _at_least(2.0, 0.0)  # coalescing window for queries
     max_updates_in_flight: int = _at_least(4, 1)
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    run_id: str = ""  # "" = generated; the same id resumes
+    run_id: str = field(default="", metadata={"pattern": RUN_ID_PATTERN, "rule": RUN_ID_RULE})  # "" = generated; the same id resumes
     storage_path: str = "runs"
     num_workers: int = _at_least(0, 0)  # Ray Train workers; 0 = in the driver process
     use_gpu: bool = False
@@ -121,7 +133,7 @@ class TrainConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     kl_samples: int = _at_least(10, 1)
     batch_size: int = _at_least(500, 1)
@@ -135,7 +147,7 @@ class EvalConfig:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
     uri: str = ""  # "" = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
@@ -144,14 +156,14 @@ class TrackingConfig:
     on_error: str = _choice("warn", "warn", "stop")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ClusterConfig:
     address: str = ""  # "" = $RAY_ADDRESS, else a local single-node Ray
     namespace: str = "acn_dist"
     num_cpus: int = _at_least(0, 0)  # local Ray only; 0 = all
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -164,6 +176,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def uses_code_table(self) -> bool:
+        """The ACN conditions its prior on neighbour codes, so it keeps the table of every
+        training datum's code; the VAE's prior N(0, I) needs none."""
+        return self.model.objective == "acn"
 
     def flat(self) -> dict[str, Any]:
         """`{"train.lr": 0.001, ...}`: the form logged as MLflow params."""
@@ -206,9 +224,12 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} is not a finite number; NaN and infinities are refused")
+        return number
     if kind is str:
         if value is None:
             return ""
@@ -219,6 +240,8 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
 
 
 def _check_field(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    if "pattern" in meta and value and not meta["pattern"].match(value):
+        raise ConfigError(f"{key}: {value!r} is not allowed; use {meta['rule']}")
     if "choices" in meta and value not in meta["choices"]:
         allowed = ", ".join(meta["choices"])
         raise ConfigError(f"{key}: {value!r} is not one of: {allowed}")
@@ -251,12 +274,13 @@ def _set(config: Config, dotted: str, value: Any) -> None:
     spec = names[parts[1]]
     coerced = _coerce(dotted, value, _field_type(type(section), spec.name))
     _check_field(dotted, coerced, spec.metadata)
-    setattr(section, spec.name, coerced)
+    object.__setattr__(section, spec.name, coerced)  # only while a new config is being built
 
 
 def from_dict(tree: typing.Mapping[str, Any], base: Config | None = None) -> Config:
-    """Build a config from a (partial) nested mapping; keys not given keep their defaults."""
-    config = base if base is not None else Config()
+    """Build a config from a (partial) nested mapping; keys not given keep their defaults (or
+    those of `base`, which is left as it is)."""
+    config = copy.deepcopy(base) if base is not None else Config()
     if not isinstance(tree, typing.Mapping):
         raise ConfigError(f"a config is a mapping of sections, got {type(tree).__name__}")
     for section, values in tree.items():
@@ -303,6 +327,16 @@ def load(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -
         _set(config, key, value)
     validate(config)
     return config
+
+
+def with_values(config: Config, values: typing.Mapping[str, Any]) -> Config:
+    """A new config: `config` with dotted keys set (`{"train.run_id": "x"}`), checked like overrides.
+    Configs are frozen once built; this is how a derived value enters one."""
+    changed = copy.deepcopy(config)
+    for key, value in values.items():
+        _set(changed, key, value)
+    validate(changed)
+    return changed
 
 
 def validate(config: Config) -> None:

@@ -2,8 +2,8 @@
 
 The driver opens the run (name = tag `acn_dist.run_id` = the training run id; running again with
 the same id continues the same MLflow run), logs the flattened config as params and, after
-training, artifacts. During distributed training the only writer of metrics is
-`MLflowCallback`, a Ray Train callback on the controller process that logs rank 0's reports.
+training, artifacts. During distributed training the only writer of metrics is the callback of
+`Tracker.ray_train_callback`, which runs on the Ray Train controller and logs rank 0's reports.
 
 The default store is a local SQLite file `mlflow.db` with artifacts under `mlartifacts/` (absolute
 paths, so every process agrees); any tracking URI by `tracking.uri` or `MLFLOW_TRACKING_URI`.
@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from acn_dist.config import Config, TrackingConfig
+from acn_dist.errors import TrackingError
 
 RUN_TAG = "acn_dist.run_id"
 
-
-class TrackingError(RuntimeError):
-    """The MLflow store could not be used and `tracking.on_error=stop`."""
+__all__ = ["TrackingError", "Tracker", "log_metrics"]
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -114,6 +113,36 @@ class Tracker:
         if self.active:
             for key, value in tags.items():
                 self.client.set_tag(self.run_id, key, value)
+
+    def ray_train_callback(self) -> Any:
+        """A Ray Train `UserCallback` that logs rank 0's reports (and the slowest rank's store
+        wait) into this run from the controller process: the only writer during training."""
+        from ray.train import UserCallback
+
+        uri, mlflow_run_id = self.uri, self.run_id
+
+        class MLflowCallback(UserCallback):
+            def __init__(self) -> None:
+                self.client: Any = None
+                self.failed = False
+
+            def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+                if self.failed or not metrics:
+                    return
+                main = dict(metrics[0])
+                main["store_wait_ms_max_rank"] = max(m.get("store_wait_ms", 0.0) for m in metrics)
+                try:
+                    if self.client is None:
+                        from mlflow.tracking import MlflowClient
+
+                        self.client = MlflowClient(tracking_uri=uri)
+                    log_metrics(self.client, mlflow_run_id,
+                                {k: v for k, v in main.items() if k not in ("step", "rank")}, int(main["step"]))
+                except Exception as error:  # noqa: BLE001  (tracking must never stop training here)
+                    print(f"warning: MLflow logging stopped: {type(error).__name__}: {error}", flush=True)
+                    self.failed = True
+
+        return MLflowCallback()
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.active:

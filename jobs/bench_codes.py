@@ -24,7 +24,8 @@ import numpy as np
 import ray
 import torch
 
-from acn_dist.codes.actor import RayClient, create_store_actor, get_store_actor
+from acn_dist.codes.actor import create_store_actor, get_store_actor
+from acn_dist.codes.client import RayClient
 from acn_dist.codes.search import CPUExact, IVFApproximate, recall_at_k
 from acn_dist.config import CodesConfig
 

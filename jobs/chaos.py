@@ -21,17 +21,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acn_dist.chaos import (  # noqa: E402
+from acn_dist.config import load  # noqa: E402
+from acn_dist.train.driver import train  # noqa: E402
+from tests.faults import (  # noqa: E402  (test tooling, from the repository root)
     FaultReport,
     driver_fault,
     in_run_fault,
     kill_a_worker,
     kill_the_store,
+    run_of,
     store_load,
 )
-from acn_dist.config import load  # noqa: E402
-from acn_dist.train.driver import train  # noqa: E402
-from acn_dist.train.loop import run_dir  # noqa: E402
 
 
 def main() -> int:
@@ -64,7 +64,7 @@ def main() -> int:
     cfg = config("driver")
     command = [sys.executable, "jobs/train.py", "--config", args.config,
                *[item for pair in (("--set", o) for o in [*base, f"train.run_id={cfg.train.run_id}"]) for item in pair]]
-    reports.append(driver_fault(command, run_dir(cfg), cfg.train.checkpoint_every, cfg.train.log_every))
+    reports.append(driver_fault(command, run_of(cfg), cfg.train.checkpoint_every, cfg.train.log_every))
     print(reports[-1], flush=True)
 
     import ray

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import ray
 
-from acn_dist.codes.actor import RayClient, create_store_actor, get_store_actor
+from acn_dist.codes.actor import create_store_actor, get_store_actor
+from acn_dist.codes.client import RayClient
 from acn_dist.codes.store import StoreError
 from acn_dist.config import CodesConfig
 from tests.test_store import brute_force
@@ -117,6 +118,7 @@ def test_a_crashed_actor_restarts_from_the_latest_checkpoint(ray_local, tmp_path
         client.update(np.arange(10), np.full((10, DIM), 7.0, np.float32), step=5)
         client.snapshot(str(run / "checkpoints" / "step-000000005" / "codes"))
         (run / "checkpoints" / "step-000000005" / "state.pt").write_bytes(b"")
+        (run / "checkpoints" / "step-000000005" / "meta.json").write_text("{}")
         client.update(np.arange(10), np.full((10, DIM), 8.0, np.float32), step=6)  # after the checkpoint
         client.flush()
         assert ray.get(actor.stats.remote())["restored_from"] is None
@@ -125,7 +127,7 @@ def test_a_crashed_actor_restarts_from_the_latest_checkpoint(ray_local, tmp_path
         while ray.get(actor.stats.remote())["restored_from"] is None:  # calls retry across the restart
             assert time.monotonic() < deadline, "the actor did not come back"
             time.sleep(0.2)
-        assert ray.get(actor.stats.remote())["restored_from"].endswith("step-000000005")
+        assert ray.get(actor.stats.remote())["restored_from"].endswith("step-000000005/codes")
         table = ray.get(actor.table.remote())
         np.testing.assert_array_equal(table[:10], np.full((10, DIM), 7.0, np.float32))
     finally:
@@ -147,6 +149,6 @@ def test_a_crashed_actor_restarts_from_the_latest_checkpoint(ray_local, tmp_path
 def test_bad_calls_are_refused_and_the_table_is_unchanged(actor, call, message) -> None:
     before = ray.get(actor.table.remote())
     with pytest.raises(StoreError, match=message):
-        RayClient(actor)._wait(call(actor))
+        RayClient(actor).wait(call(actor))
     np.testing.assert_array_equal(ray.get(actor.table.remote()), before)
     assert ray.get(actor.ping.remote())  # and the actor still serves

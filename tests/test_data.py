@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import json
@@ -180,7 +181,7 @@ def test_prepare_is_a_noop_when_matching_and_refuses_a_different_dataset(sklearn
     config = DataConfig(dataset="sklearn-digits", source="sklearn-digits", root=str(data_root), shard_size=200)
     assert prepare(config, quiet=True) == sklearn_digits
     assert {p.name: p.stat().st_mtime_ns for p in sklearn_digits.iterdir()} == before
-    config.shard_size = 100
+    config = dataclasses.replace(config, shard_size=100)
     with pytest.raises(DataError, match="already holds a different dataset"):
         prepare(config, quiet=True)
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from acn_dist.config import Config, from_dict
+from acn_dist.config import Config, from_dict, with_values
 from acn_dist.model.acn import ACN, posterior_log_prob, reconstruction_nats
 from acn_dist.model.networks import GatedPixelCNN
 from acn_dist.model.priors import (
@@ -37,8 +37,7 @@ def test_single_sample_kl_matches_analytic_kl_for_a_gaussian_prior() -> None:
 def test_acn_kl_estimate_matches_analytic_kl_for_a_one_component_prior() -> None:
     """With M = 1, p(z|ĉ) is Gaussian and KL(N(c, I) || N(m, s^2)) has a closed form."""
     torch.manual_seed(0)
-    config = small_config(objective="acn")
-    config.prior.components = 1
+    config = with_values(small_config(objective="acn"), {"prior.components": 1})
     acn = ACN(config, (1, 8, 8))
     code, neighbour = torch.randn(4, 4), torch.randn(4, 4)
     prior = acn.prior(neighbour)

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from acn_dist import chaos
 from acn_dist.codes.store import CodeStore
 from acn_dist.config import Config, ConfigError, load
+from acn_dist.errors import NonFiniteError
 from acn_dist.model.acn import ACN
-from acn_dist.train import checkpoint as checkpoint_module
-from acn_dist.train.checkpoint import latest_checkpoint, save_checkpoint
+from acn_dist.runs import checkpoints as checkpoint_module
+from acn_dist.runs.checkpoints import latest_checkpoint, save_checkpoint
 from acn_dist.train.driver import train, train_local
-from acn_dist.train.loop import read_history, run_dir
-from acn_dist.train.step import NonFiniteError
+from tests import faults as chaos
+from tests.faults import run_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def steps_per_epoch(folder: Path, world: int) -> int:
 
 def test_an_interrupted_checkpoint_write_never_becomes_latest(tmp_path: Path, monkeypatch) -> None:
     store = CodeStore(50, 4)
-    save_checkpoint(tmp_path, 10, {"step": 10}, store)
+    save_checkpoint(tmp_path, {"weights": torch.zeros(1)}, {"step": 10}, store)
     real_save = torch.save
 
     def crash_half_way(obj, path, *args, **kwargs):
@@ -49,7 +49,7 @@ def test_an_interrupted_checkpoint_write_never_becomes_latest(tmp_path: Path, mo
 
     monkeypatch.setattr(checkpoint_module.torch, "save", crash_half_way)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path, 20, {"step": 20}, store)
+        save_checkpoint(tmp_path, {"weights": torch.zeros(1)}, {"step": 20}, store)
     assert latest_checkpoint(tmp_path).name == "step-000000010"
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000000010"]  # no scratch left
     # a scratch folder left by a killed process (no rename happened) is not a checkpoint either
@@ -152,12 +152,12 @@ def test_the_run_survives_a_killed_worker_or_store(ray_local, sklearn_digits: Pa
     expected = 8 * steps_per_epoch(sklearn_digits, world=2)
     assert report.final_step == expected
     assert report.steps_redone <= config.train.checkpoint_every + config.train.log_every
-    final = latest_checkpoint(run_dir(config))
+    final = run_of(config).latest_checkpoint()
     assert final.name == f"step-{expected:09d}"
     assert np.isfinite(np.load(final / "codes" / "table.npy")).all()
     if fault == "worker":
         assert report.steps_redone > 0  # the group restarted from a checkpoint
-        steps = [row["step"] for row in read_history(run_dir(config))]
+        steps = [row["step"] for row in run_of(config).history()]
         assert steps[-1] == expected
 
 
@@ -169,7 +169,7 @@ def test_killing_the_driver_and_running_again_resumes(sklearn_digits: Path, tmp_
                  "train.log_every=5"]
     command = [sys.executable, str(ROOT / "jobs/train.py"), "--config", str(ROOT / "jobs/configs/sklearn_digits.yaml"),
                *[a for o in overrides for a in ("--set", o)]]
-    report = chaos.driver_fault(command, tmp_path / run_id, after_step=20, log_every=5, cwd=str(ROOT))
+    report = chaos.driver_fault(command, run_of(load(None, overrides)), after_step=20, log_every=5, cwd=str(ROOT))
     assert report.survived, report.detail
     assert report.final_step == 8 * steps_per_epoch(sklearn_digits, world=2)
 

@@ -13,9 +13,17 @@ from acn_dist.codes.store import CodeStore
 from acn_dist.config import Config, load
 from acn_dist.data.reader import ShardLoader
 from acn_dist.data.shards import read_manifest
-from acn_dist.train.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from acn_dist.evaluate.loading import load_trained
+from acn_dist.model.acn import build_model
+from acn_dist.runs.checkpoints import (
+    latest_checkpoint,
+    list_checkpoints,
+    rng_state,
+    save_checkpoint,
+)
 from acn_dist.train.driver import train_local
-from acn_dist.train.loop import load_for_evaluation
+from acn_dist.train.lookup import ExactLookup
+from acn_dist.train.loop import image_shape_chw
 from acn_dist.train.step import train_step
 
 
@@ -55,21 +63,20 @@ def test_every_train_row_is_written_after_one_epoch(sklearn_digits: Path, tmp_pa
 
 def test_checkpoint_round_trip_gives_the_same_loss(sklearn_digits: Path, tmp_path: Path) -> None:
     config = digits_config(sklearn_digits.parent, tmp_path, "roundtrip")
-    from acn_dist.train.loop import build_model
-
     manifest = read_manifest(sklearn_digits)
-    acn = build_model(config, manifest)
+    acn = build_model(config, image_shape_chw(manifest))
     optimizer = torch.optim.Adam(acn.parameters(), lr=1e-3)
     size = manifest["splits"]["train"]["count"]
     store = LocalClient(CodeStore(size, config.model.code_size, k=5))
     loader = ShardLoader(sklearn_digits, "train", 64, workers=0, binarization="static")
     batches = list(loader.epoch(0))
     for step, (ids, x, _) in enumerate(batches[:5]):
-        train_step(acn, acn, optimizer, store, ids, x, step)
-    state = {"model": acn.state_dict(), "optimizer": optimizer.state_dict(), "step": 5, "epoch": 0,
-             "batch_in_epoch": 5, "rng": [], "config": config.to_dict(), "image_shape": (1, 8, 8)}
-    checkpoint = save_checkpoint(tmp_path / "roundtrip", 5, state, store)
-    reloaded, reloaded_config = load_for_evaluation(checkpoint)
+        train_step(acn, acn, optimizer, ExactLookup(store), ids, x, step)
+    state = {"model": acn.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
+    meta = {"step": 5, "epoch": 0, "batch_in_epoch": 5, "config": config.to_dict(), "image_shape": [1, 8, 8]}
+    checkpoint = save_checkpoint(tmp_path / "roundtrip", state, meta, store)
+    trained = load_trained(checkpoint)
+    reloaded, reloaded_config = trained.acn, trained.config
     assert reloaded_config.to_dict() == config.to_dict()
 
     ids, x, _ = batches[6]

@@ -24,7 +24,10 @@ from typing import Any
 import numpy as np
 import ray
 
-from acn_dist.codes.store import CodeStore, Neighbours, StoreError
+from acn_dist.codes.factory import build_store
+from acn_dist.codes.store import CodeStore, Neighbours
+from acn_dist.config import CodesConfig
+from acn_dist.runs.folder import RunFolder
 
 NAMESPACE = "acn_dist"
 
@@ -38,6 +41,7 @@ class _Query:
     ids: np.ndarray
     codes: np.ndarray | None
     k: int | None
+    exclude_batch: bool
     done: asyncio.Future
 
 
@@ -50,9 +54,6 @@ def split_neighbours(found: Neighbours, sizes: list[int]) -> list[Neighbours]:
 
 class CodeStoreActor:
     def __init__(self, size: int, dim: int, codes_config: dict[str, Any], restore_from: str | None = None):
-        from acn_dist.codes.factory import build_store
-        from acn_dist.config import CodesConfig
-
         config = CodesConfig(**codes_config)
         self.store: CodeStore = build_store(config, size, dim)
         self.window = config.batch_window_ms / 1000
@@ -64,14 +65,14 @@ class CodeStoreActor:
         if restore_from:
             self.restored_from = self._restore_latest(restore_from)
 
-    def _restore_latest(self, folder: str) -> str | None:
-        from acn_dist.train.checkpoint import latest_checkpoint
-
-        checkpoint = latest_checkpoint(folder)
-        if checkpoint is None or not (checkpoint / "codes" / "header.json").is_file():
+    def _restore_latest(self, run_folder: str) -> str | None:
+        """Restore the newest code-table snapshot of the run, if it has one."""
+        snapshots = RunFolder(Path(run_folder)).code_snapshots()
+        if not snapshots:
             return None
-        self.store.restore(checkpoint / "codes")
-        return str(checkpoint)
+        _, newest = snapshots[-1]
+        self.store.restore(newest)
+        return str(newest)
 
     async def _run(self, call: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)
@@ -79,11 +80,12 @@ class CodeStoreActor:
     async def update(self, ids: np.ndarray, codes: np.ndarray, step: int | None = None) -> int:
         return await self._run(self.store.update, ids, codes, step)
 
-    async def neighbours(self, ids: np.ndarray, codes: np.ndarray | None = None, k: int | None = None) -> Neighbours:
-        ids = self.store._check_ids(ids)  # refuse a bad call alone, never the batch it joins
+    async def neighbours(self, ids: np.ndarray, codes: np.ndarray | None = None, k: int | None = None,
+                         exclude_batch: bool = False) -> Neighbours:
+        ids = self.store.check_ids(ids)  # refuse a bad call alone, never the batch it joins
         if codes is not None:
-            codes = self.store._check_codes(codes, len(ids))
-        query = _Query(ids, codes, k, asyncio.get_running_loop().create_future())
+            codes = self.store.check_codes(codes, len(ids))
+        query = _Query(ids, codes, k, exclude_batch, asyncio.get_running_loop().create_future())
         self.pending.append(query)
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.ensure_future(self._flush_after_window())
@@ -111,10 +113,15 @@ class CodeStoreActor:
                             query.done.set_exception(error)
 
     def _search_group(self, queries: list[_Query], k: int | None) -> list[Neighbours]:
+        """One search for the queries of several callers; each caller's request is its own batch."""
+        if len(queries) == 1:
+            query = queries[0]
+            return [self.store.neighbours(query.ids, query.codes, k, exclude_batch=query.exclude_batch)]
         ids = np.concatenate([q.ids for q in queries])
-        codes = np.concatenate([q.codes if q.codes is not None else self.store.backend.rows(q.ids)
-                                for q in queries]) if len(queries) > 1 else queries[0].codes
-        found = self.store.neighbours(ids, codes, k)
+        codes = np.concatenate([q.codes if q.codes is not None else self.store.rows(q.ids) for q in queries])
+        batches = np.concatenate([np.full(len(q.ids), index if q.exclude_batch else -1)
+                                  for index, q in enumerate(queries)])
+        found = self.store.neighbours(ids, codes, k, batches=batches)
         return split_neighbours(found, [len(q.ids) for q in queries])
 
     async def snapshot(self, path: str) -> str:
@@ -156,55 +163,3 @@ def create_store_actor(run_id: str, size: int, dim: int, codes_config: dict[str,
 
 def get_store_actor(run_id: str) -> Any:
     return ray.get_actor(actor_name(run_id), namespace=NAMESPACE)
-
-
-class _PendingRef:
-    def __init__(self, client: RayClient, ref: ray.ObjectRef):
-        self.client, self.ref = client, ref
-
-    def result(self) -> Neighbours:
-        return self.client._wait(self.ref)
-
-
-class RayClient:
-    """The worker's handle on the store actor: fire-and-forget updates (at most
-    `max_updates_in_flight` outstanding), neighbour requests as futures, and the seconds the
-    training step spent waiting on either."""
-
-    def __init__(self, actor: Any, max_updates_in_flight: int = 4):
-        self.actor = actor
-        self.max_in_flight = max_updates_in_flight
-        self.in_flight: list[ray.ObjectRef] = []
-        self.wait_seconds = 0.0
-
-    def _wait(self, ref: Any) -> Any:
-        start = time.perf_counter()
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as error:
-            cause = error.as_instanceof_cause()
-            raise (cause if isinstance(cause, StoreError) else error) from None
-        finally:
-            self.wait_seconds += time.perf_counter() - start
-
-    def update(self, ids: np.ndarray, codes: np.ndarray, step: int) -> None:
-        self.in_flight.append(self.actor.update.remote(ids, codes, step))
-        while len(self.in_flight) > self.max_in_flight:
-            self._wait(self.in_flight.pop(0))  # also surfaces a refused update
-
-    def request_neighbours(self, ids: np.ndarray, codes: np.ndarray | None = None) -> _PendingRef:
-        return _PendingRef(self, self.actor.neighbours.remote(ids, codes))
-
-    def flush(self) -> None:
-        while self.in_flight:
-            self._wait(self.in_flight.pop(0))
-
-    def snapshot(self, path: str) -> str:
-        self.flush()
-        return self._wait(self.actor.snapshot.remote(str(Path(path).resolve())))
-
-    def restore(self, path: str) -> None:
-        self._wait(self.actor.restore.remote(str(Path(path).resolve())))
-
-    def stats(self) -> dict[str, Any]:
-        return self._wait(self.actor.stats.remote())

@@ -4,9 +4,10 @@ This is the in-process backend of the contract that the Ray actor (`acn_dist.cod
 remotely, so local training and distributed training share one implementation:
 
 - `update(ids, codes, step)`: write rows (row i = the datum with global train id i);
-- `neighbours(ids, codes=None, k=None)`: for each query, its K nearest stored codes by Euclidean
-  distance, **excluding the query's own id**, and one neighbour code per query drawn uniformly
-  among the K (seeded). With `codes=None` the stored codes of `ids` are the queries (prefetch);
+- `neighbours(ids, codes=None, k=None, exclude_batch=False)`: for each query, its K nearest stored
+  codes by Euclidean distance, **excluding the query's own id** (and with `exclude_batch` every id
+  of the call), and one neighbour code per query drawn uniformly among the K (seeded). With
+  `codes=None` the stored codes of `ids` are the queries (prefetch);
 - `snapshot(path)` / `restore(path)`: the table, step counters and RNG, written atomically;
 - `stats()`: counts, latencies, staleness.
 
@@ -17,8 +18,6 @@ stays as it was.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,12 +27,12 @@ from typing import Any
 import numpy as np
 
 from acn_dist.codes.search import CPUExact, SearchBackend
+from acn_dist.errors import StoreError
+from acn_dist.runs.storage import atomic_folder
 
 SNAPSHOT_FORMAT = "acn_dist.codes/1"
 
-
-class StoreError(ValueError):
-    """A code-store call was refused; the table is unchanged."""
+__all__ = ["CodeStore", "Neighbours", "StoreError", "initial_table"]
 
 
 @dataclass
@@ -50,6 +49,26 @@ class Neighbours:
 def initial_table(size: int, dim: int, seed: int) -> np.ndarray:
     """c(x) ~ N(0, 1) for every training datum (Algorithm 1, step 1)."""
     return np.random.default_rng(seed).standard_normal((size, dim), dtype=np.float32)
+
+
+def allowed(ids: np.ndarray, found: np.ndarray, batches: np.ndarray | None) -> np.ndarray:
+    """[Q, C] mask of the candidates a query may take: not itself, not padding, and (with
+    `batches`) not an id of its own batch."""
+    keep = (found != ids[:, None]) & (found >= 0)
+    if batches is not None:
+        for label in np.unique(batches[batches >= 0]):
+            rows = batches == label
+            keep[rows] &= ~np.isin(found[rows], ids[rows])
+    return keep
+
+
+def same_batch_share(ids: np.ndarray, neighbour_ids: np.ndarray, batches: np.ndarray | None) -> float:
+    """Fraction of the returned neighbours that are ids of the query's own batch (the whole call
+    when `batches` is None): how much a batch's fresh codes crowd its own search."""
+    labels = np.zeros(len(ids), dtype=np.int64) if batches is None else batches
+    shared = sum(int(np.isin(neighbour_ids[labels == label], ids[labels == label]).sum())
+                 for label in np.unique(labels))
+    return shared / max(neighbour_ids.size, 1)
 
 
 def last_write_per_id(ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -81,10 +100,11 @@ class CodeStore:
         self.latency = {"update": deque(maxlen=2000), "neighbours": deque(maxlen=2000)}
         self.batch_sizes: deque[int] = deque(maxlen=2000)
         self.staleness: deque[float] = deque(maxlen=2000)
+        self.same_batch: deque[float] = deque(maxlen=2000)
 
     # --- validation ---------------------------------------------------------------------------
 
-    def _check_ids(self, ids: Any) -> np.ndarray:
+    def check_ids(self, ids: Any) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
             raise StoreError(f"ids must be a 1-d integer array, got {ids.dtype}{ids.shape}")
@@ -93,7 +113,7 @@ class CodeStore:
             raise StoreError(f"id {bad} is outside the table's rows 0..{self.size - 1} (train ids only)")
         return ids.astype(np.int64)
 
-    def _check_codes(self, codes: Any, count: int) -> np.ndarray:
+    def check_codes(self, codes: Any, count: int) -> np.ndarray:
         codes = np.asarray(codes)
         if codes.dtype not in (np.float32, np.float64, np.float16):
             raise StoreError(f"codes must be floating point, got {codes.dtype}")
@@ -112,8 +132,8 @@ class CodeStore:
         With repeated ids in one call, the last occurrence wins.
         """
         start = time.perf_counter()
-        ids = self._check_ids(ids)
-        codes = self._check_codes(codes, len(ids))
+        ids = self.check_ids(ids)
+        codes = self.check_codes(codes, len(ids))
         self.step = max(self.step, step) if step is not None else self.step + 1
         ids, codes = last_write_per_id(ids, codes)
         self.backend.write(ids, codes)
@@ -124,17 +144,23 @@ class CodeStore:
         self.latency["update"].append(time.perf_counter() - start)
         return len(ids)
 
-    def neighbours(self, ids: Any, codes: Any = None, k: int | None = None) -> Neighbours:
+    def neighbours(self, ids: Any, codes: Any = None, k: int | None = None, exclude_batch: bool = False,
+                   batches: np.ndarray | None = None) -> Neighbours:
+        """K nearest stored codes of each query, self excluded; one of them picked uniformly.
+
+        `exclude_batch` also excludes every id of this call. `batches` (int [Q], for a caller that
+        joins several requests into one search) labels each query's request instead: queries
+        with the same label >= 0 exclude each other's ids; label -1 excludes only its own id."""
         start = time.perf_counter()
-        ids = self._check_ids(ids)
+        ids = self.check_ids(ids)
         k = self.k if k is None else int(k)
         if not 1 <= k < self.size:
             raise StoreError(f"k={k} must be in 1..{self.size - 1}")
-        queries = self.backend.rows(ids) if codes is None else self._check_codes(codes, len(ids))
-        # Search one extra row so that the query's own row can be dropped (more when unique).
-        extra = 1 + (3 * k if self.unique_neighbours else 0)
-        distances, found = self.backend.search(queries, min(k + extra, self.size))
-        result_ids, result_distances = self._drop_self(ids, found, distances, k + extra - 1)
+        queries = self.backend.rows(ids) if codes is None else self.check_codes(codes, len(ids))
+        if batches is None and exclude_batch:
+            batches = np.zeros(len(ids), dtype=np.int64)
+        spare = 3 * k if self.unique_neighbours else 0  # candidates beyond K for the unique pick
+        result_ids, result_distances = self.nearest(ids, queries, min(k + spare, self.size - 1), batches)
         if self.unique_neighbours:
             pick = self._pick_unique(result_ids, k)
         else:
@@ -148,21 +174,33 @@ class CodeStore:
         self.batch_sizes.append(len(ids))
         if len(ids):
             self.staleness.append(float(staleness.mean()))
+            self.same_batch.append(same_batch_share(ids, result_ids, batches))
         self.latency["neighbours"].append(time.perf_counter() - start)
         return Neighbours(result_ids, result_distances.astype(np.float32), neighbour_ids,
                           neighbour_codes.astype(np.float32), staleness)
 
-    def _drop_self(self, ids: np.ndarray, found: np.ndarray, distances: np.ndarray,
-                   keep: int) -> tuple[np.ndarray, np.ndarray]:
-        """Remove each query's own id from its result row (or the farthest hit when absent)."""
-        is_self = found == ids[:, None]
-        # Rows without self: drop the last (farthest) column instead.
-        no_self = ~is_self.any(axis=1)
-        is_self[no_self, -1] = True
-        keep_mask = ~is_self
-        kept_ids = found[keep_mask].reshape(len(ids), -1)[:, :keep]
-        kept_distances = distances[keep_mask].reshape(len(ids), -1)[:, :keep]
-        return kept_ids.astype(np.int64), kept_distances
+    def nearest(self, ids: np.ndarray, queries: np.ndarray, want: int,
+                batches: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The `want` nearest rows of each query ([Q, want] ids and squared distances, nearest
+        first), never the query's own id nor, with `batches`, an id of its own batch."""
+        batch_size = int(np.bincount(batches[batches >= 0]).max()) if batches is not None and (batches >= 0).any() else 0
+        depth = min(want + 1 + min(batch_size, 2 * want), self.size)  # room for what is excluded
+        distances, found = self.backend.search(queries, depth)
+        keep = allowed(ids, found, batches)
+        short = np.flatnonzero(keep.sum(axis=1) < want)
+        if len(short) and depth < self.size:  # the batch crowded these queries: search deeper
+            deeper = min(want + 1 + batch_size, self.size)
+            more_distances, more_found = self.backend.search(queries[short], deeper)
+            found = np.pad(found, ((0, 0), (0, deeper - depth)), constant_values=-1)
+            distances = np.pad(distances, ((0, 0), (0, deeper - depth)), constant_values=np.inf)
+            found[short], distances[short] = more_found, more_distances
+            keep = allowed(ids, found, batches)
+        if (keep.sum(axis=1) < want).any():
+            raise StoreError(f"fewer than {want} neighbours are left for a query once its batch is excluded "
+                             f"(table of {self.size}); lower codes.k or set codes.exclude_batch=false")
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :want]  # the kept columns, nearest first
+        return (np.take_along_axis(found, order, axis=1).astype(np.int64),
+                np.take_along_axis(distances, order, axis=1))
 
     def _pick_unique(self, candidates: np.ndarray, k: int) -> np.ndarray:
         """Pick uniformly among the first K candidates not yet used this pass; mark the pick used.
@@ -198,14 +236,15 @@ class CodeStore:
     def table(self) -> np.ndarray:
         return self.backend.table()
 
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """The stored codes of `ids` (checked): [len(ids), D]."""
+        return self.backend.rows(self.check_ids(ids))
+
     # --- persistence --------------------------------------------------------------------------
 
     def snapshot(self, path: str | Path) -> Path:
         """Write the table, row steps and RNG to folder `path` atomically; returns the folder."""
-        path = Path(path)
-        scratch = path.parent / f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}"
-        scratch.mkdir(parents=True)
-        try:
+        with atomic_folder(path) as scratch:
             np.save(scratch / "table.npy", self.backend.table())
             np.save(scratch / "row_step.npy", self.row_step)
             np.save(scratch / "used.npy", self.used)
@@ -215,17 +254,7 @@ class CodeStore:
                 "rng": self.rng.bit_generator.state,
             }
             (scratch / "header.json").write_text(json.dumps(header))
-            if path.exists():
-                old = path.parent / f".{path.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-                os.replace(path, old)
-                os.replace(scratch, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(scratch, path)
-        except BaseException:
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
-        return path
+        return Path(path)
 
     def restore(self, path: str | Path) -> None:
         """Load a snapshot written by `snapshot`; refuses one of another shape."""
@@ -270,4 +299,5 @@ class CodeStore:
             "neighbours_latency": percentiles(self.latency["neighbours"]),
             "mean_query_batch": float(np.mean(self.batch_sizes)) if self.batch_sizes else 0.0,
             "mean_staleness": float(np.mean(self.staleness)) if self.staleness else 0.0,
+            "same_batch_share": float(np.mean(self.same_batch)) if self.same_batch else 0.0,
         }

@@ -15,8 +15,6 @@ import hashlib
 import io
 import json
 import math
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,8 @@ from tqdm import tqdm
 
 from acn_dist.config import DataConfig
 from acn_dist.data.sources import SourceData, load_source
+from acn_dist.errors import DataError
+from acn_dist.runs.storage import atomic_folder
 
 MANIFEST = "manifest.json"
 FORMAT = "acn_dist.shards/1"
@@ -34,8 +34,7 @@ SPLITS = ("train", "test")
 KEY_DIGITS = 10
 
 
-class DataError(ValueError):
-    """Shards or manifest are wrong; the message names the file (and sample key) at fault."""
+__all__ = ["DataError", "dataset_folder", "prepare", "read_manifest"]
 
 
 def sample_key(global_id: int) -> str:
@@ -109,7 +108,7 @@ def prepare(config: DataConfig, quiet: bool = False) -> Path:
 
     Returns the dataset folder. Raises `DataError` when a different dataset already has that name.
     """
-    target = Path(config.root) / config.dataset
+    target = dataset_folder(config)
     source = load_source(config)
     fingerprint = _fingerprint(config, source)
     if (target / MANIFEST).is_file():
@@ -123,25 +122,17 @@ def prepare(config: DataConfig, quiet: bool = False) -> Path:
         )
     if target.exists():
         raise DataError(f"{target} exists but has no {MANIFEST}; remove it and prepare again")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
     total = sum(split.count for split in source.splits.values())
-    try:
-        with tqdm(total=total, desc=f"prepare {config.dataset}", unit="img", disable=quiet) as progress:
-            splits, next_id, labelled = {}, 0, True
-            for split in SPLITS:
-                data = source.splits[split]
-                shards, split_labelled = _write_split(scratch, split, data, next_id, config, progress)
-                labelled = labelled and split_labelled
-                splits[split] = {
-                    "count": data.count,
-                    "id_start": next_id,
-                    "id_stop": next_id + data.count,
-                    "shards": shards,
-                }
-                next_id += data.count
+    with atomic_folder(target) as scratch, \
+            tqdm(total=total, desc=f"prepare {config.dataset}", unit="img", disable=quiet) as progress:
+        splits, next_id, labelled = {}, 0, True
+        for split in SPLITS:
+            data = source.splits[split]
+            shards, split_labelled = _write_split(scratch, split, data, next_id, config, progress)
+            labelled = labelled and split_labelled
+            splits[split] = {"count": data.count, "id_start": next_id, "id_stop": next_id + data.count,
+                             "shards": shards}
+            next_id += data.count
         manifest = {
             "format": FORMAT,
             "dataset": config.dataset,
@@ -156,10 +147,6 @@ def prepare(config: DataConfig, quiet: bool = False) -> Path:
             "fingerprint": fingerprint,
         }
         (scratch / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        os.replace(scratch, target)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
     return target
 
 
@@ -211,3 +198,8 @@ def check_shard_files(folder: str | Path, manifest: dict[str, Any]) -> None:
                     f"{path}: {size} bytes on disk, manifest says {shard['bytes']} (truncated or "
                     "replaced); prepare the dataset again"
                 )
+
+
+def dataset_folder(config: DataConfig) -> Path:
+    """Where a dataset's shards and manifest live: `data.root/data.dataset`."""
+    return Path(config.root) / config.dataset

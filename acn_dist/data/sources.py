@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from acn_dist.config import DataConfig
+from acn_dist.errors import SourceError
 
 Chunk = tuple[np.ndarray, "np.ndarray | None"]
 
 
-class SourceError(ValueError):
-    """The raw data cannot be read; the message names the file and what to do."""
+__all__ = ["SourceData", "SourceError", "load_source"]
 
 
 @dataclass

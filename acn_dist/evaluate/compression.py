@@ -35,19 +35,17 @@ def code_lengths(acn: ACN, x: torch.Tensor, neighbour_codes: torch.Tensor | None
                  generator: torch.Generator, batch_size: int = 500, unconditional: np.ndarray | None = None
                  ) -> CodeLengths:
     """Per-datum KL and reconstruction. `neighbour_codes[i]` conditions datum i's prior; rows where
-    `unconditional[i]` is True use the unconditional prior p(z) instead (ACN only)."""
+    `unconditional[i]` is True use the prior from scratch p(z) instead. (The VAE's prior ignores
+    both: its neighbour codes may be None.)"""
     kl, reconstruction = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         code = acn.encode(xb)
-        if acn.objective == "acn":
-            kl_b = acn.kl_estimate(code, neighbour_codes[start:start + batch_size], samples, generator)
-            if unconditional is not None and unconditional[start:start + batch_size].any():
-                rows = torch.from_numpy(unconditional[start:start + batch_size])
-                kl_b[rows] = acn.monte_carlo_kl(code[rows], acn.unconditional_prior(int(rows.sum())), samples,
-                                                generator)
-        else:
-            kl_b = acn.kl_estimate(code, None, samples, generator)
+        neighbours = neighbour_codes[start:start + batch_size] if neighbour_codes is not None else None
+        kl_b = acn.kl_estimate(code, neighbours, samples, generator)
+        if unconditional is not None and unconditional[start:start + batch_size].any():
+            rows = torch.from_numpy(unconditional[start:start + batch_size])
+            kl_b[rows] = acn.kl_from_scratch(code[rows], samples, generator)
         z = acn.sample_posterior(code, generator)
         kl.append(kl_b.numpy())
         reconstruction.append(reconstruction_nats(acn.decoder(z, xb), xb, acn.likelihood).numpy())
@@ -95,7 +93,7 @@ def test_set_compression(acn: ACN, train_codes: np.ndarray, test_x: torch.Tensor
                      samples: int, seed: int, batch_size: int = 500) -> dict[str, float]:
     generator = torch.Generator().manual_seed(seed)
     neighbours = None
-    if acn.objective == "acn":
+    if acn.conditional:
         picked = pick_training_neighbours(train_codes, test_codes, k, seed)
         neighbours = torch.from_numpy(train_codes[picked])
     lengths = code_lengths(acn, test_x, neighbours, samples, generator, batch_size)

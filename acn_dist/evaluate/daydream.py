@@ -9,17 +9,16 @@ import torch
 
 from acn_dist.config import Config
 from acn_dist.evaluate.figures import save_grid
+from acn_dist.evaluate.loading import load_trained, with_settings
+from acn_dist.evaluate.run import split_tensors
 from acn_dist.model.sampling import daydream
-from acn_dist.train.loop import load_for_evaluation
 
 
 def daydream_chains(checkpoint: str | Path, settings: Config, out: str | Path | None = None) -> Path:
     """`eval.daydream_chains` chains of `eval.daydream_steps` images (the real one first), seeded by
     `eval.seed`; writes `daydream.png` and `daydream.npy` [chains, steps, C, H, W]."""
-    from acn_dist.evaluate.run import split_tensors
-
-    acn, config = load_for_evaluation(checkpoint)
-    config.eval, config.data.root = settings.eval, settings.data.root
+    trained = load_trained(checkpoint)
+    acn, config = trained.acn, with_settings(trained.config, settings)
     out = Path(out) if out else Path(checkpoint).parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     _, test_x, _, _ = split_tensors(config, "test")

@@ -19,41 +19,21 @@ import torch
 from acn_dist.config import Config
 from acn_dist.data.binarize import binarize
 from acn_dist.data.reader import ShardLoader
+from acn_dist.data.shards import dataset_folder
+from acn_dist.errors import EvaluationError
 from acn_dist.evaluate import compression, figures, probe
+from acn_dist.evaluate.loading import load_trained, resolve_checkpoint, with_settings
 from acn_dist.model.acn import ACN
 from acn_dist.model.networks import GatedPixelCNN
 from acn_dist.model.sampling import daydream, decode, prior_samples
-from acn_dist.train.checkpoint import latest_checkpoint
-from acn_dist.train.loop import dataset_folder, load_for_evaluation
 
-
-class EvaluationError(ValueError):
-    """Nothing to evaluate where the user pointed."""
-
-
-def resolve_checkpoint(checkpoint: str | None, config: Config | None) -> Path:
-    """An explicit checkpoint folder, a run folder, or the latest checkpoint of `train.run_id`."""
-    if checkpoint:
-        path = Path(checkpoint)
-        if (path / "state.pt").is_file():
-            return path
-        found = latest_checkpoint(path)
-        if found is None:
-            raise EvaluationError(f"{path} holds no complete checkpoint (no state.pt, no checkpoints/step-*)")
-        return found
-    if config is None or not config.train.run_id:
-        raise EvaluationError("say what to evaluate: --checkpoint PATH or --set train.run_id=RUN")
-    run = Path(config.train.storage_path) / config.train.run_id
-    found = latest_checkpoint(run)
-    if found is None:
-        raise EvaluationError(f"run {config.train.run_id!r} has no checkpoint under {run}")
-    return found
+__all__ = ["EvaluationError", "evaluate", "resolve_checkpoint", "split_tensors"]
 
 
 def split_tensors(config: Config, split: str) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
     """(ids, x [N, C, H, W] float, labels, raw uint8 images) of a whole split; binarised data use the
     fixed seeded (static) binarisation for evaluation."""
-    loader = ShardLoader(dataset_folder(config), split, batch_size=1, workers=0)
+    loader = ShardLoader(dataset_folder(config.data), split, batch_size=1, workers=0)
     ids, images, labels = loader.arrays()
     mode = "none" if config.data.binarize == "none" else "static"
     x = binarize(images, ids, mode, config.data.seed)
@@ -84,10 +64,10 @@ def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: C
              log: bool = True, figures_on: bool = True) -> dict[str, Any]:
     """Evaluate one checkpoint; returns the metrics (also in `<out>/metrics.json`)."""
     torch.manual_seed(0)
-    acn, config = load_for_evaluation(checkpoint)
+    trained = load_trained(checkpoint)
+    acn, config = trained.acn, trained.config
     if overrides is not None:  # evaluation settings and data location may differ from training
-        config.eval, config.data.root = overrides.eval, overrides.data.root
-        config.tracking = overrides.tracking
+        config = with_settings(config, overrides)
     settings = config.eval
     out = Path(out) if out else Path(checkpoint).parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)

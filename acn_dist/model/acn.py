@@ -10,7 +10,6 @@ to the decoder (the VAE uses its analytic KL, 0.5 ||c||^2). No gradient flows in
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,12 +20,16 @@ from torch import nn
 from acn_dist.config import Config, likelihood
 from acn_dist.model.networks import build_decoder, build_encoder
 from acn_dist.model.priors import (
-    LOG_SQRT_2PI,
-    ConditionalPrior,
     DiagonalMixture,
     StandardNormal,
-    UnconditionalPrior,
+    build_priors,
+    posterior_log_prob,
+    sample_posterior,
 )
+
+Prior = DiagonalMixture | StandardNormal
+
+__all__ = ["ACN", "Losses", "build_model", "posterior_log_prob", "reconstruction_nats"]
 
 
 @dataclass
@@ -37,11 +40,7 @@ class Losses:
     kl: torch.Tensor
     reconstruction: torch.Tensor
     prior_fit: torch.Tensor  # -log p(z) of the unconditional prior on detached z (trains p(z) only)
-
-
-def posterior_log_prob(z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """log q(z|x) = log N(z; c, I), summed over dimensions: [B]."""
-    return (-((z - code) ** 2) / 2 - LOG_SQRT_2PI).sum(dim=-1)
+    kl_per_dimension: torch.Tensor  # [B, D]: the KL's terms, summed into `kl`
 
 
 def reconstruction_nats(logits: torch.Tensor, x: torch.Tensor, likelihood_kind: str) -> torch.Tensor:
@@ -55,12 +54,17 @@ def reconstruction_nats(logits: torch.Tensor, x: torch.Tensor, likelihood_kind: 
 
 
 class ACN(nn.Module):
-    """Encoder, decoder, conditional prior p(z|ĉ) and unconditional prior p(z)."""
+    """Encoder, decoder, the prior given a neighbour code and the prior from scratch.
+
+    For the ACN the prior is the conditional prior network p(z|ĉ) and the prior from scratch a MoG
+    p(z) fitted to the codes; for the VAE both are N(0, I), which ignores ĉ. Nothing below asks
+    which objective it is: the priors answer for themselves.
+    """
 
     def __init__(self, config: Config, image_shape: tuple[int, int, int]):
         super().__init__()
         model, prior = config.model, config.prior
-        self.objective = model.objective
+        self.objective = model.objective  # a name for reports
         self.likelihood = likelihood(config)
         self.image_shape = image_shape
         self.code_size = model.code_size
@@ -68,53 +72,44 @@ class ACN(nn.Module):
         self.decoder = build_decoder(model.decoder, image_shape, model.code_size, self.likelihood,
                                      model.hidden, model.channels, model.pixelcnn_channels,
                                      model.pixelcnn_layers)
-        # p(z|ĉ) exists only for the acn objective (DDP refuses parameters that get no gradient).
-        self.prior = (ConditionalPrior(model.code_size, prior.hidden, prior.layers, prior.components,
-                                       prior.min_scale) if self.objective == "acn" else None)
-        self.unconditional_prior = UnconditionalPrior(model.code_size, prior.components, prior.min_scale)
-        self.standard_normal = StandardNormal()
+        self.prior, self.unconditional_prior = build_priors(model.objective, model.code_size, prior.hidden,
+                                                            prior.layers, prior.components, prior.min_scale)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the prior is conditioned on a neighbour's code (the ACN) or not (the VAE)."""
+        return self.prior.conditional
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] -> code c [B, D], the mean of q(z|x)."""
         return self.encoder(x)
 
     def forward(self, x: torch.Tensor,
-                neighbour_codes_for: Callable[[torch.Tensor], torch.Tensor] | None = None
+                neighbour_codes_for: Callable[[torch.Tensor], torch.Tensor | None] | None = None
                 ) -> tuple[torch.Tensor, Losses]:
         """Encode x, get ĉ from `neighbour_codes_for(code)` (which writes the code table and
-        searches it), then the objective: `(code [B, D], Losses)`. One call, so that DDP sees the
-        whole computation in one forward pass."""
+        searches it; it gives None for the VAE), then the objective: `(code [B, D], Losses)`. One
+        call, so that DDP sees the whole computation in one forward pass."""
         code = self.encode(x)
-        neighbour_code = None
-        if self.objective == "acn":
-            if neighbour_codes_for is None:
-                raise ValueError("the acn objective needs neighbour codes ĉ")
-            neighbour_code = neighbour_codes_for(code.detach())
+        neighbour_code = neighbour_codes_for(code.detach()) if neighbour_codes_for is not None else None
         return code, self.losses(x, code, neighbour_code)
 
-    def prior_given(self, neighbour_code: torch.Tensor | None) -> DiagonalMixture | StandardNormal:
-        if self.objective == "vae":
-            return self.standard_normal
-        if neighbour_code is None:
-            raise ValueError("the acn objective needs neighbour codes ĉ")
-        return self.prior(neighbour_code.detach())  # no gradient into ĉ
+    def prior_given(self, neighbour_code: torch.Tensor | None) -> Prior:
+        return self.prior(neighbour_code.detach() if neighbour_code is not None else None)  # no gradient into ĉ
 
     def sample_posterior(self, code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(code.shape, generator=generator, device=code.device, dtype=code.dtype)
-        return code + noise
+        return sample_posterior(code, generator)
 
     def losses(self, x: torch.Tensor, code: torch.Tensor, neighbour_code: torch.Tensor | None,
                generator: torch.Generator | None = None) -> Losses:
         """The objective for a batch whose codes are already computed (Algorithm 1, step 4)."""
         z = self.sample_posterior(code, generator)
-        prior = self.prior_given(neighbour_code)
-        if self.objective == "vae":
-            kl = 0.5 * (code**2).sum(dim=-1)  # analytic KL(N(c, I) || N(0, I))
-        else:
-            kl = posterior_log_prob(z, code) - prior.log_prob(z)
+        kl_per_dimension = self.prior_given(neighbour_code).kl_per_dimension(code, z)
+        kl = kl_per_dimension.sum(dim=-1)
         reconstruction = reconstruction_nats(self.decoder(z, x), x, self.likelihood)
         prior_fit = -self.unconditional_prior(len(z)).log_prob(z.detach())
-        return Losses(total=kl + reconstruction, kl=kl, reconstruction=reconstruction, prior_fit=prior_fit)
+        return Losses(total=kl + reconstruction, kl=kl, reconstruction=reconstruction, prior_fit=prior_fit,
+                      kl_per_dimension=kl_per_dimension)
 
     def training_loss(self, losses: Losses) -> torch.Tensor:
         """Scalar to minimise: mean code length plus the unconditional prior's own fit."""
@@ -124,20 +119,25 @@ class ACN(nn.Module):
     def kl_estimate(self, code: torch.Tensor, neighbour_code: torch.Tensor | None, samples: int,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """S-sample Monte-Carlo KL(q(z|x) || prior) per example, nats [B] (analytic for the VAE)."""
-        if self.objective == "vae":
-            return 0.5 * (code**2).sum(dim=-1)
-        return self.monte_carlo_kl(code, self.prior_given(neighbour_code), samples, generator)
+        return self.prior_given(neighbour_code).kl_estimate(code, samples, generator)
 
     @torch.no_grad()
-    def monte_carlo_kl(self, code: torch.Tensor, prior: DiagonalMixture | StandardNormal, samples: int,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """mean over S samples z ~ q(z|x) of log q(z|x) - log prior(z): [B] nats."""
-        total = torch.zeros(len(code), device=code.device)
-        for _ in range(samples):
-            z = self.sample_posterior(code, generator)
-            total += posterior_log_prob(z, code) - prior.log_prob(z)
-        return total / samples
+    def kl_from_scratch(self, code: torch.Tensor, samples: int,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """KL to the prior from scratch (the first datum of an ordering): [B] nats."""
+        return self.unconditional_prior(len(code)).kl_estimate(code, samples, generator)
+
+    @torch.no_grad()
+    def daydream_latent(self, code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z for one daydream step from code c: z ~ p(z|c). The VAE's prior ignores c, so its
+        chain draws z ~ q(z|x) = N(c, I) instead."""
+        if self.conditional:
+            return self.prior(code).sample(generator)
+        return self.sample_posterior(code, generator)
 
 
-def nats_to_bits_per_dim(nats: float, pixels: int) -> float:
-    return nats / (pixels * math.log(2))
+def build_model(config: Config, image_shape: tuple[int, int, int], seed: int | None = None) -> ACN:
+    """The model a config describes, for images [C, H, W]; seeded by `seed` (default train.seed)."""
+    torch.manual_seed(config.train.seed if seed is None else seed)
+    return ACN(config, image_shape)
+

@@ -1,6 +1,9 @@
 """Priors over the latent z: the conditional prior network p(z|ĉ), N(0, I), and p(z).
 
 All log-densities are in nats and summed over the D latent dimensions: `log_prob(z) -> [B]`.
+Both prior families factorise over dimensions, so each also gives its KL to the posterior
+q(z|x) = N(c, I) per dimension (`kl_per_dimension`, [B, D]): single-sample Monte Carlo with the z
+the decoder sees for the mixture, analytic for N(0, I).
 """
 
 from __future__ import annotations
@@ -19,6 +22,21 @@ def normal_log_prob(z: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
     return -((z - mean) ** 2) * torch.exp(-2 * log_scale) / 2 - log_scale - LOG_SQRT_2PI
 
 
+def posterior_log_prob_per_dimension(z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """log q(z|x) = log N(z; c, I) for each dimension: [B, D]."""
+    return -((z - code) ** 2) / 2 - LOG_SQRT_2PI
+
+
+def posterior_log_prob(z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    """log q(z|x) = log N(z; c, I), summed over dimensions: [B]."""
+    return posterior_log_prob_per_dimension(z, code).sum(dim=-1)
+
+
+def sample_posterior(code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z ~ q(z|x) = N(c, I): [B, D]."""
+    return code + torch.randn(code.shape, generator=generator, device=code.device, dtype=code.dtype)
+
+
 class DiagonalMixture:
     """Per-dimension mixture of Gaussians: for each latent dimension d, an M-component MoG over z_d.
 
@@ -29,10 +47,26 @@ class DiagonalMixture:
         self.log_weights = F.log_softmax(logits, dim=-1)
         self.means, self.log_scales = means, log_scales
 
+    def log_prob_per_dimension(self, z: torch.Tensor) -> torch.Tensor:
+        """z: [B, D] -> [B, D] nats."""
+        per_component = self.log_weights + normal_log_prob(z.unsqueeze(-1), self.means, self.log_scales)
+        return torch.logsumexp(per_component, dim=-1)
+
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """z: [B, D] -> [B] nats."""
-        per_component = self.log_weights + normal_log_prob(z.unsqueeze(-1), self.means, self.log_scales)
-        return torch.logsumexp(per_component, dim=-1).sum(dim=-1)
+        return self.log_prob_per_dimension(z).sum(dim=-1)
+
+    def kl_per_dimension(self, code: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Single-sample Monte-Carlo KL(q(z|x) || this) per dimension, log q(z|x) - log p(z): [B, D]."""
+        return posterior_log_prob_per_dimension(z, code) - self.log_prob_per_dimension(z)
+
+    @torch.no_grad()
+    def kl_estimate(self, code: torch.Tensor, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean over S samples z ~ q(z|x) of log q(z|x) - log p(z): [B] nats."""
+        total = torch.zeros(len(code), device=code.device)
+        for _ in range(samples):
+            total += self.kl_per_dimension(code, sample_posterior(code, generator)).sum(dim=-1)
+        return total / samples
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """One z [B, D] per row."""
@@ -46,13 +80,39 @@ class DiagonalMixture:
 
 
 class StandardNormal:
-    """N(0, I): the VAE's prior."""
+    """N(0, I) over `shape` = (B, D): the VAE's prior."""
+
+    def __init__(self, shape: tuple[int, int] = (1, 1), device: torch.device | str = "cpu"):
+        self.shape, self.device = shape, device
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return (-(z**2) / 2 - LOG_SQRT_2PI).sum(dim=-1)
 
-    def sample_like(self, code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return torch.randn(code.shape, generator=generator, device=code.device, dtype=code.dtype)
+    def kl_per_dimension(self, code: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """KL(N(c, I) || N(0, I)) per dimension, analytic: c^2 / 2, [B, D] (z is not needed)."""
+        return 0.5 * code**2
+
+    def kl_estimate(self, code: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.kl_per_dimension(code, code).sum(dim=-1)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.randn(self.shape, generator=generator, device=self.device)
+
+
+class StandardNormalPrior(nn.Module):
+    """The VAE's prior N(0, I), whatever it is given: it ignores neighbour codes."""
+
+    conditional = False
+
+    def __init__(self, code_size: int):
+        super().__init__()
+        self.code_size = code_size
+
+    def forward(self, given: torch.Tensor | int | None = None) -> StandardNormal:
+        """`given`: neighbour codes [B, D] (ignored but for B), or a batch size."""
+        batch = given if isinstance(given, int) else (1 if given is None else len(given))
+        device = given.device if isinstance(given, torch.Tensor) else "cpu"
+        return StandardNormal((batch, self.code_size), device)
 
 
 def _mixture_from(raw: torch.Tensor, dim: int, components: int, min_scale: float) -> DiagonalMixture:
@@ -70,6 +130,8 @@ class ConditionalPrior(nn.Module):
     every latent dimension, a mixture of `components` Gaussians.
     """
 
+    conditional = True
+
     def __init__(self, code_size: int, hidden: int = 512, layers: int = 3, components: int = 10,
                  min_scale: float = 1e-3):
         super().__init__()
@@ -79,8 +141,10 @@ class ConditionalPrior(nn.Module):
         )
         self.output = nn.Linear(hidden * layers, code_size * components * 3)
 
-    def forward(self, neighbour_code: torch.Tensor) -> DiagonalMixture:
+    def forward(self, neighbour_code: torch.Tensor | None) -> DiagonalMixture:
         """neighbour_code ĉ: [B, D] -> p(z|ĉ) with [B, D, M] parameters."""
+        if neighbour_code is None:
+            raise ValueError("the acn objective needs neighbour codes ĉ for its prior p(z|ĉ)")
         hidden_states: list[torch.Tensor] = []
         for index, layer in enumerate(self.hidden_layers):
             inputs = neighbour_code if index == 0 else torch.cat([neighbour_code, hidden_states[-1]], -1)
@@ -104,3 +168,13 @@ class UnconditionalPrior(nn.Module):
     def forward(self, batch_size: int = 1) -> DiagonalMixture:
         raw = self.raw.expand(batch_size, -1)
         return _mixture_from(raw, self.code_size, self.components, self.min_scale)
+
+
+def build_priors(objective: str, code_size: int, hidden: int, layers: int, components: int,
+                 min_scale: float) -> tuple[nn.Module, nn.Module]:
+    """(prior given a neighbour code, prior from scratch): p(z|ĉ) and the fitted MoG p(z) for the
+    ACN; N(0, I) twice for the VAE."""
+    if objective == "vae":
+        return StandardNormalPrior(code_size), StandardNormalPrior(code_size)
+    return (ConditionalPrior(code_size, hidden, layers, components, min_scale),
+            UnconditionalPrior(code_size, components, min_scale))

@@ -40,20 +40,11 @@ def daydream(acn: ACN, x: torch.Tensor, steps: int, generator: torch.Generator |
     With the VAE objective the chain is x -> c -> z ~ q(z|x) -> x ~ r(x|z) (its prior ignores c)."""
     frames = [x]
     for _ in range(steps):
-        code = acn.encode(frames[-1])
-        if acn.objective == "acn":
-            z = acn.prior(code).sample(generator)
-        else:
-            z = acn.sample_posterior(code, generator)
-        frames.append(decode(acn, z, generator))
+        frames.append(decode(acn, acn.daydream_latent(acn.encode(frames[-1]), generator), generator))
     return torch.stack(frames)
 
 
 @torch.no_grad()
 def prior_samples(acn: ACN, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Images from scratch: z ~ p(z) (the unconditional prior; N(0, I) for the VAE), x ~ r(x|z)."""
-    if acn.objective == "acn":
-        z = acn.unconditional_prior(count).sample(generator)
-    else:
-        z = torch.randn(count, acn.code_size, generator=generator)
-    return decode(acn, z, generator)
+    return decode(acn, acn.unconditional_prior(count).sample(generator), generator)

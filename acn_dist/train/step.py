@@ -5,27 +5,22 @@
     3. KNN(x) <- K nearest neighbours of c(x) among the stored codes, self excluded; pick ĉ
     4. prior p(z|ĉ); sample z ~ q(z|x); decode; loss = KL - log r(x|z); step
 
-In `exact` mode step 3 searches with the fresh codes (the paper's algorithm; the worker waits).
-In `prefetch` mode ĉ was requested, by ids, while the previous batch trained: the queries are the
-batch's stored codes (one visit old), which hides the search behind the previous step.
+Steps 2-3 are the neighbour lookup's (`acn_dist.train.lookup`): it writes the codes and answers
+with ĉ from inside the model's one forward pass (so that DDP sees one forward). The VAE's lookup
+answers with nothing and its prior N(0, I) needs nothing.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
-from acn_dist.codes.client import PendingNeighbours, StoreClient
+from acn_dist.errors import NonFiniteError
 from acn_dist.model.acn import ACN, Losses
-
-
-class NonFiniteError(FloatingPointError):
-    """A step produced NaN/Inf codes or loss; nothing from it entered the store or the weights."""
+from acn_dist.train.lookup import NeighbourLookup
 
 
 @dataclass
@@ -36,41 +31,26 @@ class StepResult:
     backward_s: float = 0.0  # backward (with DDP's allreduce) and the optimiser step
 
 
-def train_step(
-    model: nn.Module,
-    acn: ACN,
-    optimizer: torch.optim.Optimizer,
-    store: StoreClient | None,
-    ids: torch.Tensor,
-    x: torch.Tensor,
-    step: int,
-    prefetched: PendingNeighbours | None = None,
-    grad_clip: float = 0.0,
-) -> StepResult:
-    """`model` runs the forward pass: the DDP wrapper of `acn`, or `acn` itself."""
-    staleness: list[float] = []
+def train_step(model: nn.Module, acn: ACN, optimizer: torch.optim.Optimizer, lookup: NeighbourLookup,
+               ids: torch.Tensor, x: torch.Tensor, step: int, grad_clip: float = 0.0) -> StepResult:
+    """Algorithm 1 for the batch (`ids` [B], `x` [B, C, H, W]). `model` runs the forward pass: the
+    DDP wrapper of `acn`, or `acn` itself. Raises `NonFiniteError` before anything of a step
+    with NaN/Inf codes or loss reaches the code table or the weights."""
+    started, waited_before = time.perf_counter(), lookup.wait_seconds
 
-    def write_code_and_find_neighbour(code: torch.Tensor) -> torch.Tensor:
-        if not torch.isfinite(code).all():
-            raise NonFiniteError(f"step {step}: the encoder produced NaN/Inf codes; none were stored")
-        code_np, ids_np = code.cpu().numpy(), ids.numpy()
-        store.update(ids_np, code_np, step)  # 2. c(x) <- mean of q(z|x)
-        found = (prefetched or store.request_neighbours(ids_np, code_np)).result()  # 3. KNN(x), ĉ
-        staleness.append(float(np.mean(found.staleness)))
-        return torch.tensor(found.neighbour_codes, device=code.device)  # a copy: Ray results are read-only
-
-    # 2-4: encode; write the code and pick ĉ; p(z|ĉ); z ~ q(z|x); decode
-    started, waited_before = time.perf_counter(), store.wait_seconds if store else 0.0
-    _, losses = model(x, write_code_and_find_neighbour)
+    # 2-4: encode x; write c(x), find KNN(x) and pick ĉ (the lookup); p(z|ĉ); z ~ q(z|x); decode
+    _, losses = model(x, lambda code: lookup.neighbour_codes(ids, code, step))
     loss = acn.training_loss(losses)
     if not torch.isfinite(loss):
         raise NonFiniteError(f"step {step}: loss is {loss.item()}; the weights were not updated")
     forward_done = time.perf_counter()
+
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(acn.parameters(), grad_clip)
     optimizer.step()
-    store_wait = (store.wait_seconds - waited_before) if store else 0.0
-    return StepResult(losses=losses, neighbour_staleness=staleness[0] if staleness else math.nan,
+
+    store_wait = lookup.wait_seconds - waited_before
+    return StepResult(losses=losses, neighbour_staleness=lookup.staleness,
                       forward_s=forward_done - started - store_wait, backward_s=time.perf_counter() - forward_done)

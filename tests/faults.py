@@ -1,7 +1,9 @@
 """Fault injection against training runs: kill a worker, the code-store actor or the driver
-mid-run and check that the run finishes, what it redid and what it cost.
+mid-run and check that the run finishes, what it redid and what it cost; and a load test of the
+store actor under many concurrent clients.
 
-Used by `jobs/chaos.py` (any config) and by the reliability tests (sklearn-digits)."""
+Test tooling, not part of the package: used by the reliability tests (sklearn-digits) and by
+`jobs/chaos.py` (any config)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from acn_dist.config import Config
-from acn_dist.train.checkpoint import latest_checkpoint
-from acn_dist.train.loop import read_history, run_dir
+from acn_dist.runs.checkpoints import step_of
+from acn_dist.runs.folder import RunFolder
+
+
+def run_of(config: Config) -> RunFolder:
+    return RunFolder.at(config.train.storage_path, config.train.run_id)
 
 
 @dataclass
@@ -45,24 +51,23 @@ def steps_redone(history: list[dict[str, float]], log_every: int) -> int:
     return redone
 
 
-def wait_for_checkpoint(folder: Path, at_least: int, timeout: float = 600) -> Path:
+def wait_for_checkpoint(run: RunFolder, at_least: int, timeout: float = 600) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = latest_checkpoint(folder)
-        if found is not None and int(found.name.split("-")[1]) >= at_least:
+        found = run.latest_checkpoint()
+        if found is not None and step_of(found) >= at_least:
             return found
         time.sleep(0.2)
-    raise TimeoutError(f"no checkpoint at step >= {at_least} in {folder} after {timeout:.0f} s")
+    raise TimeoutError(f"no checkpoint at step >= {at_least} in {run.path} after {timeout:.0f} s")
 
 
-def wait_for_progress_past_checkpoint(folder: Path, at_least: int, log_every: int, timeout: float = 600) -> int:
+def wait_for_progress_past_checkpoint(run: RunFolder, at_least: int, log_every: int, timeout: float = 600) -> int:
     """Wait until a checkpoint at step >= `at_least` exists and training has logged a step past it
     (so the fault lands mid-interval: the steps since the checkpoint are lost). Returns that step."""
-    checkpoint = wait_for_checkpoint(folder, at_least, timeout)
-    checkpoint_step = int(checkpoint.name.split("-")[1])
+    checkpoint_step = step_of(wait_for_checkpoint(run, at_least, timeout))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        history = read_history(folder)
+        history = run.history()
         if history and history[-1]["step"] >= checkpoint_step + log_every:
             return int(history[-1]["step"])
         time.sleep(0.05)
@@ -98,12 +103,12 @@ def kill_the_store(run_id: str) -> str:
 def in_run_fault(config: Config, fault: str, inject: Callable[[str], str], after_step: int,
                  train: Callable[[Config], dict[str, Any]]) -> FaultReport:
     """Train in this process; a thread injects the fault once a checkpoint at `after_step` exists."""
-    folder = run_dir(config)
+    run = run_of(config)
     detail: list[str] = []
 
     def injector() -> None:
         try:
-            wait_for_progress_past_checkpoint(folder, after_step, config.train.log_every)
+            wait_for_progress_past_checkpoint(run, after_step, config.train.log_every)
             detail.append(inject(config.train.run_id))
         except Exception as error:  # noqa: BLE001  (reported, never raised into the run)
             detail.append(f"injection failed: {error}")
@@ -118,11 +123,11 @@ def in_run_fault(config: Config, fault: str, inject: Callable[[str], str], after
         survived, detail = False, [*detail, f"run failed: {type(error).__name__}: {error}"]
     thread.join(timeout=5)
     injected = bool(detail) and not detail[0].startswith("injection failed")
-    return FaultReport(fault, injected, survived, final, steps_redone(read_history(folder), config.train.log_every),
+    return FaultReport(fault, injected, survived, final, steps_redone(run.history(), config.train.log_every),
                        time.perf_counter() - started, "; ".join(detail))
 
 
-def driver_fault(command: list[str], folder: Path, after_step: int, log_every: int,
+def driver_fault(command: list[str], run: RunFolder, after_step: int, log_every: int,
                  cwd: str | None = None) -> FaultReport:
     """Start the training command, kill -9 its whole process group (driver and its local Ray) once a
     checkpoint exists, then run the same command again: it must resume and finish."""
@@ -130,14 +135,14 @@ def driver_fault(command: list[str], folder: Path, after_step: int, log_every: i
     first = subprocess.Popen(command, cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        wait_for_progress_past_checkpoint(folder, after_step, log_every)
+        wait_for_progress_past_checkpoint(run, after_step, log_every)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
-    killed_at = latest_checkpoint(folder)
+    killed_at = run.latest_checkpoint()
     second = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
     survived = second.returncode == 0 and "resumed from" in second.stdout + second.stderr
-    history = read_history(folder)
+    history = run.history()
     final = int(history[-1]["step"]) if history else 0
     return FaultReport("kill -9 the driver, run the command again", True, survived, final,
                        steps_redone(history, log_every), time.perf_counter() - started,

@@ -1,0 +1,131 @@
+"""Checkpoints: weights that cannot run code, and their metadata as plain JSON.
+
+A checkpoint is a folder `<run>/checkpoints/step-<step:09d>/` holding
+- `state.pt`: tensors only (model and optimiser state, torch RNG state) plus plain numbers and
+  lists (the numpy and Python RNG states). It is read with `torch.load(weights_only=True)`, so a
+  crafted file cannot run code when loaded; it is refused instead.
+- `meta.json`: step, epoch, position in the epoch, the config, the image shape and the dataset
+  the model was trained on (name, shape, split sizes, fingerprint).
+- `codes/`: a snapshot of the code table (empty for the VAE, which keeps none).
+The folder is written with `atomic_folder`, so an interrupted write never becomes "latest".
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from acn_dist.errors import RunError
+from acn_dist.runs.storage import atomic_folder
+
+CHECKPOINT_DIR = "checkpoints"
+PATTERN = re.compile(r"^step-(\d{9})$")
+STATE, META, CODES = "state.pt", "meta.json", "codes"
+
+
+class Snapshotter(Protocol):
+    def snapshot(self, path: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]  # tensors: model, optimizer, rng
+    meta: dict[str, Any]  # plain JSON: step, epoch, batch_in_epoch, config, image_shape, dataset
+
+    @property
+    def step(self) -> int:
+        return int(self.meta["step"])
+
+    @property
+    def codes(self) -> Path:
+        return self.path / CODES
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training step draws from, as tensors and plain values."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def step_of(path: Path) -> int:
+    return int(PATTERN.match(path.name).group(1))
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir()
+             if PATTERN.match(p.name) and (p / STATE).is_file() and (p / META).is_file()]
+    return sorted(found, key=step_of)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any], meta: dict[str, Any],
+                    codes: Snapshotter | None, keep: int = 2) -> Path:
+    """Write `state` (tensors), `meta` (plain JSON) and a snapshot of the code table (by whoever
+    holds it: the in-process store or the store actor) as the checkpoint of `meta["step"]`; keep
+    the newest `keep` checkpoints."""
+    target = Path(run_dir) / CHECKPOINT_DIR / checkpoint_name(int(meta["step"]))
+    with atomic_folder(target) as scratch:
+        torch.save(state, scratch / STATE)
+        (scratch / META).write_text(json.dumps(meta, indent=1))
+        if codes is not None:
+            codes.snapshot(str((scratch / CODES).resolve()))
+        else:
+            (scratch / CODES).mkdir()
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Read a checkpoint; a `state.pt` holding anything but tensors and plain values is refused
+    (it could run code), and so is a missing or unreadable part."""
+    path = Path(path)
+    for part in (STATE, META):
+        if not (path / part).is_file():
+            raise RunError(f"{path / part} is missing: {path} is not a complete checkpoint")
+    try:
+        state = torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{path / STATE} holds more than tensors and plain values and was refused "
+                       f"unread ({first_line}); only load checkpoints written by acn_dist") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise RunError(f"{path / STATE} cannot be read ({type(error).__name__}: {error}); "
+                       "it is damaged: use an earlier checkpoint") from None
+    try:
+        meta = json.loads((path / META).read_text())
+    except json.JSONDecodeError as error:
+        raise RunError(f"{path / META} is not valid JSON ({error}); use an earlier checkpoint") from None
+    return Checkpoint(path, state, meta)

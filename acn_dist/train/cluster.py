@@ -1,0 +1,72 @@
+"""Joining Ray: a cluster at an address, or a local single-node instance; and whether it can host
+the run."""
+
+from __future__ import annotations
+
+import os
+import socket
+from urllib.parse import urlsplit
+
+import ray
+
+from acn_dist.config import Config
+from acn_dist.errors import ClusterError
+
+__all__ = ["ClusterError", "check_reachable", "check_resources", "connect"]
+
+
+def connect(config: Config) -> str:
+    """Join the cluster at `cluster.address` / $RAY_ADDRESS, else start a local single-node Ray.
+    Returns a description of where the run goes."""
+    address = config.cluster.address or os.environ.get("RAY_ADDRESS", "")
+    if ray.is_initialized():
+        return "the Ray instance this process already joined"
+    if address:
+        check_reachable(address)
+        try:
+            ray.init(address=address, namespace=config.cluster.namespace, log_to_driver=True)
+        except Exception as error:  # noqa: BLE001  (ConnectionError, TimeoutError, ValueError...)
+            raise ClusterError(f"cannot join the Ray cluster at {address!r} (cluster.address or RAY_ADDRESS): "
+                               f"{type(error).__name__}: {error}. Start it (`ray start --head`) or fix the "
+                               "address; leave both empty for a local single-node Ray") from error
+        return f"the Ray cluster at {address}"
+    physical = os.cpu_count() or 1
+    if config.train.num_workers > physical and not config.cluster.num_cpus:
+        raise ClusterError(f"train.num_workers={config.train.num_workers} exceeds the {physical} CPUs of this "
+                           "machine; lower it or join a cluster (cluster.address)")
+    # Logical CPUs: the workers plus the store actor, even when the machine has fewer cores.
+    needed = config.train.num_workers + config.codes.num_cpus
+    ray.init(num_cpus=config.cluster.num_cpus or max(physical, needed), namespace=config.cluster.namespace,
+             log_to_driver=True)  # with its dashboard: Ray Train's state API needs it
+    return "a local single-node Ray"
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A fast, clear failure for a GCS address (host:port, ray://host:port) nobody answers on;
+    `ray.init` itself retries for minutes."""
+    if address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if not parts.hostname or not parts.port:
+        return
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+    except OSError as error:
+        raise ClusterError(f"cannot join the Ray cluster at {address!r} (cluster.address or RAY_ADDRESS): nothing "
+                           f"answers at {parts.hostname}:{parts.port} ({error}). Start it (`ray start --head`) or "
+                           "fix the address; leave both empty for a local single-node Ray") from error
+
+
+def check_resources(config: Config) -> None:
+    """Refuse a run the cluster cannot host, instead of letting it wait forever for resources."""
+    total = ray.cluster_resources()
+    store_cpus = config.codes.num_cpus if config.uses_code_table else 0
+    cpus_needed = config.train.num_workers + store_cpus
+    gpus_needed = (config.train.num_workers if config.train.use_gpu else 0) + (
+        config.codes.num_gpus if config.codes.backend == "gpu" else 0)
+    if cpus_needed > total.get("CPU", 0):
+        raise ClusterError(f"the run needs {cpus_needed} CPUs (train.num_workers={config.train.num_workers} + "
+                           f"codes.num_cpus={store_cpus}), the cluster has {total.get('CPU', 0):g}")
+    if gpus_needed > total.get("GPU", 0):
+        raise ClusterError(f"the run needs {gpus_needed} GPUs (train.use_gpu, codes.num_gpus), "
+                           f"the cluster has {total.get('GPU', 0):g}")
