@@ -23,6 +23,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return load(args.config, args.overrides)
 
 
+def named_dataset(args: argparse.Namespace, config: Config) -> str | None:
+    """The dataset the user named (by --config or --set data.dataset=...), if they named one."""
+    named = args.config is not None or any(o.split("=", 1)[0].strip() == "data.dataset" for o in args.overrides)
+    return config.data.dataset if named else None
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(config_from_args(args).to_yaml(), end="")
     return 0
@@ -31,7 +37,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from acn_dist.data.prepare import prepare_and_summarise
 
-    print(prepare_and_summarise(config_from_args(args).data))
+    print(prepare_and_summarise(config_from_args(args).data, rebuild=args.rebuild))
     return 0
 
 
@@ -56,7 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     checkpoint = resolve_checkpoint(args.checkpoint, config)
     metrics = evaluate(checkpoint, args.out or None, overrides=config, log=config.tracking.enabled,
-                       figures_on=not args.no_figures)
+                       figures_on=not args.no_figures, dataset=named_dataset(args, config))
     print(json.dumps(metrics, indent=1, default=str))
     return 0
 
@@ -91,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler in handlers.items():
         sub = commands.add_parser(name, help=helps[name])
         add_config_arguments(sub)
+        if name == "prepare":
+            sub.add_argument("--rebuild", action="store_true",
+                             help="write the dataset again from its source, replacing the folder (damaged shards)")
         if name == "train":
             sub.add_argument("--address", default="", help="Ray address to join (else RAY_ADDRESS, else local)")
         if name in ("evaluate", "daydream"):
@@ -107,11 +116,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except AcnError as error:  # a refusal naming its culprit: one line, exit code 2
-        print(f"{error.label}: {error}", file=sys.stderr)
+        refuse(f"{error.label}: {error}")
         return 2
     except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+        refuse(f"error: {error}")
         return 2
+
+
+def refuse(line: str) -> None:
+    """Print a refusal as the last line the user sees: a Ray this process joined is shut down
+    first, so the log lines its workers still forward come before it, not after."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    sys.stdout.flush()
+    print(" ".join(line.split()), file=sys.stderr, flush=True)  # one line, whatever the message holds
 
 
 if __name__ == "__main__":

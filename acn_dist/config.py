@@ -60,7 +60,6 @@ class DataConfig:
     synthetic_count: int = _in_range(10000, 1, 10_000_000)
     synthetic_size: int = _at_least(28, 4)  # side of synthetic images
     binarize: str = _choice("dynamic", "none", "dynamic", "static")  # for training
-    eval_binarize: str = _choice("static", "none", "static")
     loader_workers: int = _at_least(1, 0)  # per rank; 0 = read in the training process
     reader: str = _choice("webdataset", "webdataset", "ray-data")
     shuffle_buffer: int = _at_least(1000, 0)
@@ -72,14 +71,15 @@ class ModelConfig:
     """Encoder, decoder and objective."""
 
     objective: str = _choice("acn", "acn", "vae")
-    encoder: str = _choice("conv", "conv", "mlp")
+    encoder: str = _choice("conv", "conv", "resnet", "mlp")
     decoder: str = _choice("deconv", "deconv", "pixelcnn")
     code_size: int = _at_least(16, 1)
     hidden: int = _at_least(512, 1)  # width of MLP encoder/decoder layers
     channels: int = _at_least(32, 1)  # base channels of the conv encoder/deconv decoder
     pixelcnn_layers: int = _at_least(6, 1)
     pixelcnn_channels: int = _at_least(64, 1)
-    likelihood: str = _choice("auto", "auto", "bernoulli", "categorical")  # auto: bernoulli iff binarised
+    likelihood: str = _choice("auto", "auto", "bernoulli", "logistic", "categorical")  # auto: bernoulli iff binarised, else logistic
+    logistic_components: int = _at_least(5, 1)  # mixture components of the discretised logistic
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ class CodesConfig:
     """The code store: the table of every training datum's latest code and its KNN search."""
 
     k: int = _at_least(5, 1)
-    mode: str = _choice("prefetch", "prefetch", "exact")
+    mode: str = _choice("exact", "exact", "prefetch")  # exact = Algorithm 1: search with the fresh codes
     backend: str = _choice("cpu", "cpu", "gpu", "ivf")
     unique_neighbours: bool = False
     num_cpus: int = _at_least(1, 1)  # CPUs of the store actor (faiss threads)
@@ -108,8 +108,9 @@ class CodesConfig:
     ivf_probe: int = _at_least(16, 1)
     ivf_rebuild_every: int = _at_least(0, 0)  # rows written between IVF rebuilds; 0 = the table size (a pass)
     exclude_batch: bool = False  # also exclude the ids of a datum's own batch from its neighbours
-    prefetch_warm_epochs: int = _at_least(0, 0)  # prefetch: epochs searched with fresh codes first
+    prefetch_warm_epochs: int = _at_least(1, 0)  # prefetch: epochs searched with fresh codes first
     batch_window_ms: float = _at_least(2.0, 0.0)  # coalescing window for queries
+    snapshot_every_s: float = _at_least(20.0, 0.0)  # the store actor's own table snapshots; 0 = only at checkpoints
     max_updates_in_flight: int = _at_least(4, 1)
     seed: int = 0
 
@@ -130,6 +131,8 @@ class TrainConfig:
     max_failures: int = _at_least(1, 0)
     nonfinite: str = _choice("stop", "stop", "skip")
     grad_clip: float = _at_least(0.0, 0.0)  # 0 = off
+    kl_warmup_steps: int = _at_least(0, 0)  # the KL's weight in the loss rises 0 -> 1 over these steps
+    free_bits: float = _at_least(0.0, 0.0)  # nats per latent dimension the encoder may use freely
     seed: int = 0
 
 
@@ -137,13 +140,14 @@ class TrainConfig:
 class EvalConfig:
     kl_samples: int = _at_least(10, 1)
     batch_size: int = _at_least(500, 1)
-    probe_max_iter: int = _at_least(1000, 1)
+    probe_max_iter: int = _at_least(5000, 1)  # L-BFGS iterations of the linear probe (convergence is reported)
     knn_k: int = _at_least(5, 1)
     daydream_chains: int = _at_least(8, 1)
     daydream_steps: int = _at_least(12, 1)
     ordered_graph_k: int = _at_least(50, 1)  # neighbours searched per datum when building the ordering
     ordered_limit: int = _at_least(0, 0)  # train data in the ordered bound (0 = all); for slow decoders
     probe: bool = True  # the probes need labels
+    baselines: bool = True  # also probe pixels and PCA-16 (the same for every model of a dataset)
     seed: int = 0
 
 
@@ -349,14 +353,15 @@ def validate(config: Config) -> None:
         raise ConfigError(
             "model.likelihood=bernoulli needs binarised data; set data.binarize to dynamic or static"
         )
-    if config.model.likelihood == "categorical" and config.data.binarize != "none":
-        raise ConfigError("model.likelihood=categorical models 8-bit pixels; set data.binarize=none")
+    if config.model.likelihood in ("categorical", "logistic") and config.data.binarize != "none":
+        raise ConfigError(f"model.likelihood={config.model.likelihood} models 8-bit pixels; set data.binarize=none")
     if config.data.source == "synthetic" and config.data.synthetic_count < 2:
         raise ConfigError("data.synthetic_count must be >= 2")
 
 
 def likelihood(config: Config) -> str:
-    """The decoder's output distribution: Bernoulli for binarised data, else 256-way."""
+    """The decoder's output distribution: Bernoulli for binarised data, else the discretised
+    logistic mixture (or the 256-way categorical, when asked for)."""
     if config.model.likelihood != "auto":
         return config.model.likelihood
-    return "categorical" if config.data.binarize == "none" else "bernoulli"
+    return "logistic" if config.data.binarize == "none" else "bernoulli"

@@ -95,7 +95,7 @@ def bench_table(size: int, dim: int, batches: list[int], seconds: float, threads
     table = rng.standard_normal((size, dim), dtype=np.float32)
     raw = CPUExact(table, threads=threads, blas_threshold=codes.blas_threshold)
     run_id = f"bench-{size}-{dim}"
-    actor = create_store_actor(run_id, size, dim, dataclasses.asdict(codes))
+    actor = create_store_actor(run_id, "", size, dim, dataclasses.asdict(codes))
     ivf = IVFApproximate(table, lists=codes.ivf_lists, probe=codes.ivf_probe, threads=threads)
     rows: list[dict] = []
     try:

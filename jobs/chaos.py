@@ -1,5 +1,7 @@
-"""Fault injection: kill a training worker, the code-store actor and the driver mid-run; report
-for each whether the run finished, the steps redone and the wall time lost against a clean run.
+"""Fault injection and bad inputs: kill a training worker, the code-store actor and the driver
+mid-run and report for each whether the run finished, the steps redone and the wall time lost
+against a clean run; then try every bad input of `tests/bad_inputs.py` through `acn-dist` and
+report whether each was refused (exit code 2) with one line naming the culprit, and lost nothing.
 
     python jobs/chaos.py [--config jobs/configs/sklearn_digits.yaml] [--set key=value ...]
                          [--out bench_results/chaos.json]
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from acn_dist.config import load  # noqa: E402
 from acn_dist.train.driver import train  # noqa: E402
-from tests.faults import (  # noqa: E402  (test tooling, from the repository root)
+from tests.bad_inputs import run_suite  # noqa: E402  (test tooling, from the repository root)
+from tests.bad_inputs import table as bad_input_table  # noqa: E402
+from tests.faults import (  # noqa: E402
     FaultReport,
     driver_fault,
     in_run_fault,
@@ -81,11 +86,22 @@ def main() -> int:
     for report in reports:
         print(f"| {report.fault} | {'yes' if report.injected else '-'} | {'yes' if report.survived else 'NO'} | "
               f"{report.final_step} | {report.steps_redone} | {max(report.wall_s - clean_wall, 0):.0f} s |")
+    with tempfile.TemporaryDirectory() as workspace:
+        bad_inputs = run_suite(Path(workspace))
+    print("\n" + bad_input_table(bad_inputs))
+    faults = [r for r in reports if r.injected]
+    print("\n| | tried | survived / refused with a clear error | steps redone / anything lost |\n|---|---|---|---|")
+    print(f"| faults injected | {len(faults)} | {sum(r.survived for r in faults)} | "
+          f"{sum(r.steps_redone for r in faults)} steps redone |")
+    print(f"| bad inputs | {len(bad_inputs)} | {sum(r.refused and r.clear for r in bad_inputs)} | "
+          f"{sum(not r.nothing_lost for r in bad_inputs)} lost anything |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"config": args.config, "clean_wall_s": clean_wall,
-                                          "reports": [r.row() for r in reports], "store_load": figures}, indent=1))
+                                          "reports": [r.row() for r in reports], "store_load": figures,
+                                          "bad_inputs": [r.row() for r in bad_inputs]}, indent=1))
     print(f"saved {args.out}")
-    return 0 if all(r.survived for r in reports) and figures["rows_with_lost_update"] == 0 else 1
+    healthy = all(r.survived for r in reports) and figures["rows_with_lost_update"] == 0
+    return 0 if healthy and all(r.refused and r.clear and r.nothing_lost for r in bad_inputs) else 1
 
 
 if __name__ == "__main__":

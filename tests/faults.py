@@ -90,14 +90,28 @@ def kill_a_worker(run_id: str) -> str:
     return f"SIGKILL to RayTrainWorker pid {pid}"
 
 
+def store_actor_of(run_id: str):
+    """The live code-store actor of a run (its name carries the owner's token: found by prefix)."""
+    import ray
+    from ray.util.state import list_actors
+
+    from acn_dist.codes.actor import NAMESPACE, actor_name
+
+    address = ray.get_runtime_context().gcs_address
+    alive = list_actors(address=address, filters=[("class_name", "=", "CodeStoreActor"), ("state", "=", "ALIVE")])
+    names = [a["name"] for a in alive if a["name"].startswith(actor_name(run_id) + "-")]
+    if not names:
+        raise RuntimeError(f"no live code-store actor of run {run_id!r}")
+    return ray.get_actor(names[0], namespace=NAMESPACE), names[0]
+
+
 def kill_the_store(run_id: str) -> str:
-    """Crash the run's code-store actor; Ray restarts it and it restores the latest snapshot."""
+    """Crash the run's code-store actor; Ray restarts it and it restores the newest snapshot."""
     import ray
 
-    from acn_dist.codes.actor import get_store_actor
-
-    ray.kill(get_store_actor(run_id), no_restart=False)
-    return f"ray.kill (restart allowed) of code-store actor codes-{run_id}"
+    actor, name = store_actor_of(run_id)
+    ray.kill(actor, no_restart=False)
+    return f"ray.kill (restart allowed) of code-store actor {name}"
 
 
 def in_run_fault(config: Config, fault: str, inject: Callable[[str], str], after_step: int,
@@ -165,7 +179,7 @@ def store_load(clients: int = 8, calls: int = 10_000, size: int = 60_000, dim: i
     from acn_dist.config import CodesConfig
 
     run_id = f"load-{time.monotonic_ns()}"
-    actor = create_store_actor(run_id, size, dim, dataclasses.asdict(CodesConfig()))
+    actor = create_store_actor(run_id, "", size, dim, dataclasses.asdict(CodesConfig()))
     try:
         parts = np.array_split(np.random.default_rng(0).permutation(size), clients)
         started = time.perf_counter()

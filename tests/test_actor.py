@@ -26,7 +26,7 @@ def codes_config(**changes: object) -> dict:
 @pytest.fixture
 def actor(ray_local, request):
     run_id = request.node.name.replace("[", "-").replace("]", "")
-    handle = create_store_actor(run_id, SIZE, DIM, codes_config(k=4))
+    handle = create_store_actor(run_id, "", SIZE, DIM, codes_config(k=4))
     yield handle
     ray.kill(handle, no_restart=True)
 
@@ -80,7 +80,7 @@ def writer(run_id: str, ids: np.ndarray, rounds: int, seed: int) -> np.ndarray:
 
 def test_concurrent_updates_and_queries_keep_the_table_consistent(ray_local) -> None:
     run_id = "concurrent"
-    actor = create_store_actor(run_id, SIZE, DIM, codes_config(k=4))
+    actor = create_store_actor(run_id, "", SIZE, DIM, codes_config(k=4))
     try:
         parts = np.array_split(np.random.default_rng(2).permutation(SIZE), 4)
         lasts = ray.get([writer.remote(run_id, part, 25, seed) for seed, part in enumerate(parts)])
@@ -93,14 +93,14 @@ def test_concurrent_updates_and_queries_keep_the_table_consistent(ray_local) -> 
 
 
 def test_snapshot_kill_new_actor_restore_gives_an_identical_table(ray_local, tmp_path: Path) -> None:
-    first = create_store_actor("snap", SIZE, DIM, codes_config(k=4))
+    first = create_store_actor("snap", "", SIZE, DIM, codes_config(k=4))
     client = RayClient(first)
     client.update(np.arange(100), np.full((100, DIM), 3.0, np.float32), step=9)
     client.snapshot(str(tmp_path / "snapshot"))
     before = ray.get(first.table.remote())
     ray.kill(first, no_restart=True)
     time.sleep(0.5)
-    second = create_store_actor("snap", SIZE, DIM, codes_config(k=4, seed=123))
+    second = create_store_actor("snap", "", SIZE, DIM, codes_config(k=4, seed=123))
     try:
         assert not np.array_equal(ray.get(second.table.remote()), before)  # a fresh table
         RayClient(second).restore(str(tmp_path / "snapshot"))
@@ -112,7 +112,7 @@ def test_snapshot_kill_new_actor_restore_gives_an_identical_table(ray_local, tmp
 
 def test_a_crashed_actor_restarts_from_the_latest_checkpoint(ray_local, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    actor = create_store_actor("crash", SIZE, DIM, codes_config(k=4), restore_from=str(run))
+    actor = create_store_actor("crash", "", SIZE, DIM, codes_config(k=4), run_folder=str(run))
     try:
         client = RayClient(actor)
         client.update(np.arange(10), np.full((10, DIM), 7.0, np.float32), step=5)
@@ -152,3 +152,33 @@ def test_bad_calls_are_refused_and_the_table_is_unchanged(actor, call, message) 
         RayClient(actor).wait(call(actor))
     np.testing.assert_array_equal(ray.get(actor.table.remote()), before)
     assert ray.get(actor.ping.remote())  # and the actor still serves
+
+
+def test_the_store_snapshots_on_its_own_and_a_crash_rewinds_at_most_to_the_newest(ray_local, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    actor = create_store_actor("own", "", SIZE, DIM, codes_config(k=4, snapshot_every_s=0.2), run_folder=str(run))
+    try:
+        client = RayClient(actor)
+        for step in range(1, 16):
+            client.update(np.arange(10), np.full((10, DIM), float(step), np.float32), step=step)
+            client.flush()
+            time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while not (run / "codes").is_dir() or not any((run / "codes").iterdir()):
+            assert time.monotonic() < deadline, "no snapshot of its own"
+            time.sleep(0.1)
+        time.sleep(0.5)  # at least one more interval: the last write (step 15) is in a snapshot
+        snapshots = sorted(p.name for p in (run / "codes").iterdir() if not p.name.startswith("."))
+        assert 1 <= len(snapshots) <= 2 and snapshots[-1] == "step-000000015", snapshots
+        ray.kill(actor, no_restart=False)
+        deadline = time.monotonic() + 60
+        while ray.get(actor.stats.remote())["restored_from"] is None:
+            assert time.monotonic() < deadline, "the actor did not come back"
+            time.sleep(0.2)
+        assert ray.get(actor.stats.remote())["restored_from"].endswith("codes/step-000000015")
+        np.testing.assert_array_equal(ray.get(actor.table.remote())[:10], np.full((10, DIM), 15.0, np.float32))
+        client.update(np.arange(10), np.zeros((10, DIM), np.float32), step=18)  # training was at step 18
+        client.flush()
+        assert ray.get(actor.stats.remote())["rewound_steps"] == 2  # the updates of steps 16 and 17 were lost
+    finally:
+        ray.kill(actor, no_restart=True)

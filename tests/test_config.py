@@ -39,7 +39,7 @@ def test_parse_override_reads_yaml_values() -> None:
     [
         ("train.lrr=1", "unknown config key 'train.lrr'"),
         ("trian.lr=1", "unknown config section 'trian'"),
-        ("codes.mode=fast", "codes.mode: 'fast' is not one of: prefetch, exact"),
+        ("codes.mode=fast", "codes.mode: 'fast' is not one of: exact, prefetch"),
         ("train.batch_size=0", "train.batch_size: 0 is out of range; it must be >= 1"),
         ("model.code_size=0", "model.code_size: 0 is out of range"),
         ("train.lr=0", "train.lr: 0.0 is out of range; it must be > 0"),

@@ -23,10 +23,11 @@ def test_probe_separates_separable_codes_and_is_at_chance_on_random_codes() -> N
     labels = rng.integers(0, 10, 3000)
     centres = rng.standard_normal((10, 16)) * 5
     codes = centres[labels] + rng.standard_normal((3000, 16)) * 0.5
-    assert probe.linear_probe(codes[:2000], labels[:2000], codes[2000:], labels[2000:]) > 0.99
+    separable = probe.linear_probe(codes[:2000], labels[:2000], codes[2000:], labels[2000:])
+    assert separable.accuracy > 0.99 and separable.converged
     assert probe.knn_probe(codes[:2000], labels[:2000], codes[2000:], labels[2000:]) > 0.99
     noise = rng.standard_normal((3000, 16))
-    chance = probe.linear_probe(noise[:2000], labels[:2000], noise[2000:], labels[2000:])
+    chance = probe.linear_probe(noise[:2000], labels[:2000], noise[2000:], labels[2000:]).accuracy
     assert 0.05 < chance < 0.16
 
 
@@ -103,11 +104,12 @@ def test_evaluation_writes_metrics_figures_and_is_deterministic(trained_checkpoi
                            "eval.kl_samples=3", "tracking.enabled=false"])
     first = evaluate(trained_checkpoint, tmp_path / "a", overrides=settings, log=False)
     second = evaluate(trained_checkpoint, tmp_path / "b", overrides=settings, log=False, figures_on=False)
-    for key in ("probe_codes", "probe_pixels", "probe_pca16", "knn_codes", "test_nats_per_image",
-                "ordered_nats_per_image", "ordered_kl"):
+    for key in ("linear_codes", "linear_pixels_binarised", "linear_pca16_binarised", "linear_pixels_greyscale",
+                "knn_codes", "knn_pixels_binarised", "test_nats_per_image", "ordered_nats_per_image", "ordered_kl"):
         assert first[key] == second[key], key
-    assert first["probe_codes"] > 0.3  # 10 classes: far above chance after a short training
-    assert first["probe_pixels"] > 0.85
+    assert first["linear_codes"] > 0.3  # 10 classes: far above chance after a short training
+    assert first["linear_pixels_greyscale"] > 0.85
+    assert first["input"] == "binarised"
     assert first["ordered_count"] == first["train_count"]
     names = {Path(p).name for p in first["figures"]}
     assert names == {"pca_test_codes.png", "reconstructions.png", "daydream.png", "prior_samples.png"}
@@ -116,8 +118,8 @@ def test_evaluation_writes_metrics_figures_and_is_deterministic(trained_checkpoi
     assert matplotlib.image.imread(tmp_path / "a" / "daydream.png").shape[:2] == (3 * 9 + 1, 4 * 9 + 1)
     assert matplotlib.image.imread(tmp_path / "a" / "reconstructions.png").shape[:2] == (2 * 9 + 1, 8 * 9 + 1)
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert saved["probe_codes"] == first["probe_codes"]
-    assert "| probe_codes |" in (tmp_path / "a" / "report.md").read_text()
+    assert saved["linear_codes"] == first["linear_codes"]
+    assert "| linear_codes |" in (tmp_path / "a" / "report.md").read_text()
 
 
 def test_resolve_checkpoint_names_what_is_missing(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from acn_dist.config import Config, from_dict, with_values
-from acn_dist.model.acn import ACN, posterior_log_prob, reconstruction_nats
+from acn_dist.model.acn import ACN, posterior_log_prob
+from acn_dist.model.likelihoods import Categorical
 from acn_dist.model.networks import GatedPixelCNN
 from acn_dist.model.priors import (
     ConditionalPrior,
@@ -79,13 +80,13 @@ def test_conditional_prior_shapes_weights_and_skips() -> None:
     assert UnconditionalPrior(16, 10)(3).log_prob(torch.zeros(3, 16)).shape == (3,)
 
 
-@pytest.mark.parametrize("likelihood", ["bernoulli", "categorical"])
+@pytest.mark.parametrize("parameters", [1, 256, 15])  # bernoulli, categorical, 5 logistics
 @pytest.mark.parametrize("channels", [1, 3])
-def test_gated_pixelcnn_is_causal(likelihood: str, channels: int) -> None:
+def test_gated_pixelcnn_is_causal(parameters: int, channels: int) -> None:
     """d output(i) / d x(j) == 0 for every pixel j >= i (raster order), all layers and masks."""
     torch.manual_seed(0)
     height = width = 6
-    net = GatedPixelCNN((channels, height, width), code_size=3, likelihood=likelihood, channels=8, layers=4)
+    net = GatedPixelCNN((channels, height, width), code_size=3, parameters=parameters, channels=8, layers=4)
     for parameter in net.parameters():  # avoid zero-initialised paths hiding a leak
         parameter.data.normal_(0, 0.3)
     x = torch.rand(1, channels, height, width, requires_grad=True)
@@ -122,8 +123,8 @@ def test_shapes_nats_and_no_gradient_into_neighbour_code(encoder: str, decoder: 
 
 def test_categorical_reconstruction_is_in_nats_per_image() -> None:
     x = torch.randint(0, 256, (2, 1, 4, 4)).float() / 255
-    uniform_logits = torch.zeros(2, 1, 256, 4, 4)
-    nats = reconstruction_nats(uniform_logits, x, "categorical")
+    uniform_logits = torch.zeros(2, 256, 4, 4)  # [B, C * 256, H, W]
+    nats = Categorical(1).nats(uniform_logits, x)
     assert torch.allclose(nats, torch.full((2,), 16 * math.log(256)))
 
 

@@ -1,4 +1,4 @@
-"""The code store as a Ray actor: one per training run, named after the run.
+"""The code store as a Ray actor: one per training run, named after the run and its owner.
 
 `CodeStoreActor` serves the in-process `CodeStore` contract remotely. It is an async actor: every
 call is a coroutine on one event loop, and all table work (writes, faiss searches, snapshots) runs
@@ -8,13 +8,20 @@ an update sent before a query is applied before it.
 Queries arriving within `batch_window_ms` of each other, from any number of workers, are
 coalesced into one large search: search throughput grows with batch size.
 
-On (re)start the actor restores the latest snapshot found in `restore_from` (the run's
-checkpoints), so Ray's actor restart after a crash brings the table back to the last checkpoint.
+The actor snapshots its table on its own schedule (`codes.snapshot_every_s`, into the run's
+`codes/` folder, the newest two kept): cheaper and more frequent than model checkpoints. On
+(re)start it restores the newest snapshot of the run (its own or a checkpoint's), so Ray's restart
+after a crash loses at most one snapshot interval of code updates; how many steps of updates a
+restore rewound is counted (`rewound_steps`) and reported in the run's metrics.
+
+Its name carries the owner's token (`codes-<run_id>-<token>`): only the run's own driver, which
+passes the handle to its workers, reaches it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,13 +34,16 @@ import ray
 from acn_dist.codes.factory import build_store
 from acn_dist.codes.store import CodeStore, Neighbours
 from acn_dist.config import CodesConfig
+from acn_dist.errors import AcnError, StoreError
+from acn_dist.runs.checkpoints import checkpoint_name
 from acn_dist.runs.folder import RunFolder
 
 NAMESPACE = "acn_dist"
+KEEP_SNAPSHOTS = 2
 
 
-def actor_name(run_id: str) -> str:
-    return f"codes-{run_id}"
+def actor_name(run_id: str, owner: str = "") -> str:
+    return f"codes-{run_id}-{owner[:12]}" if owner else f"codes-{run_id}"
 
 
 @dataclass
@@ -53,31 +63,60 @@ def split_neighbours(found: Neighbours, sizes: list[int]) -> list[Neighbours]:
 
 
 class CodeStoreActor:
-    def __init__(self, size: int, dim: int, codes_config: dict[str, Any], restore_from: str | None = None):
+    def __init__(self, size: int, dim: int, codes_config: dict[str, Any], run_folder: str | None = None):
         config = CodesConfig(**codes_config)
         self.store: CodeStore = build_store(config, size, dim)
         self.window = config.batch_window_ms / 1000
+        self.snapshot_every = config.snapshot_every_s
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="code-store")
         self.pending: list[_Query] = []
         self.flusher: asyncio.Task | None = None
+        self.snapshotter: asyncio.Task | None = None
+        self.run = RunFolder(Path(run_folder)) if run_folder else None
         self.restored_from: str | None = None
+        self.restored_step: int | None = None  # set by a restore; the next update measures what it rewound
+        self.rewound_steps = 0
         self.started = time.time()
-        if restore_from:
-            self.restored_from = self._restore_latest(restore_from)
+        if self.run is not None:
+            self._restore_newest()
 
-    def _restore_latest(self, run_folder: str) -> str | None:
-        """Restore the newest code-table snapshot of the run, if it has one."""
-        snapshots = RunFolder(Path(run_folder)).code_snapshots()
-        if not snapshots:
-            return None
-        _, newest = snapshots[-1]
-        self.store.restore(newest)
-        return str(newest)
+    def _restore_newest(self) -> None:
+        """Restore the newest code-table snapshot of the run (its own or a checkpoint's), if any."""
+        snapshots = self.run.code_snapshots()
+        if snapshots:
+            _, newest = snapshots[-1]
+            self.store.restore(newest)
+            self.restored_from, self.restored_step = str(newest), self.store.step
+
+    def _own_snapshot(self) -> None:
+        """Snapshot the table into the run's `codes/` folder (executor thread: between table calls)."""
+        if self.run is None or self.store.step <= self.store.snapshot_step:
+            return
+        self.store.snapshot(self.run.snapshots_dir / checkpoint_name(self.store.step))
+        for _, old in [s for s in self.run.code_snapshots() if s[1].parent == self.run.snapshots_dir][:-KEEP_SNAPSHOTS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    async def _snapshot_on_schedule(self) -> None:
+        while True:
+            await asyncio.sleep(self.snapshot_every)
+            await self._run(self._own_snapshot)
+
+    def _after_restore(self, restored_step: int) -> None:
+        """A rewind (to a checkpoint): own snapshots from after it no longer describe the run."""
+        if self.run is not None:
+            for step, folder in self.run.code_snapshots():
+                if step > restored_step and folder.parent == self.run.snapshots_dir:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     async def _run(self, call: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)
 
     async def update(self, ids: np.ndarray, codes: np.ndarray, step: int | None = None) -> int:
+        if self.snapshotter is None and self.snapshot_every > 0 and self.run is not None:
+            self.snapshotter = asyncio.ensure_future(self._snapshot_on_schedule())
+        if self.restored_step is not None and step is not None:  # the first write after a restart:
+            self.rewound_steps += max(0, step - self.restored_step - 1)  # the steps between were lost
+            self.restored_step = None
         return await self._run(self.store.update, ids, codes, step)
 
     async def neighbours(self, ids: np.ndarray, codes: np.ndarray | None = None, k: int | None = None,
@@ -128,7 +167,10 @@ class CodeStoreActor:
         return str(await self._run(self.store.snapshot, path))
 
     async def restore(self, path: str) -> None:
+        """Rewind to a snapshot on purpose (training resumes from a checkpoint): not a loss."""
         await self._run(self.store.restore, path)
+        self.restored_step = None
+        await self._run(self._after_restore, self.store.step)
 
     async def table(self) -> np.ndarray:
         return await self._run(self.store.table)
@@ -137,29 +179,38 @@ class CodeStoreActor:
         """The store's stats plus the actor's own. Each coalesced search is one store query, so
         `coalesced_searches` is the store's `queries` and `query_rows` the rows asked for."""
         stats = self.store.stats()
-        return {**stats, "coalesced_searches": stats["queries"],
-                "restored_from": self.restored_from, "uptime_s": time.time() - self.started}
+        return {**stats, "coalesced_searches": stats["queries"], "restored_from": self.restored_from,
+                "rewound_steps": self.rewound_steps, "uptime_s": time.time() - self.started}
 
     async def ping(self) -> bool:
         return True
 
 
-def create_store_actor(run_id: str, size: int, dim: int, codes_config: dict[str, Any],
-                       restore_from: str | None = None, max_restarts: int = -1) -> Any:
-    """The run's code-store actor (created, or the live one of this run). Ray restarts it after a
-    crash (max_restarts) and retries calls in flight (max_task_retries); on restart it restores
-    the latest snapshot under `restore_from`."""
+def create_store_actor(run_id: str, owner: str, size: int, dim: int, codes_config: dict[str, Any],
+                       run_folder: str | None = None, max_restarts: int = -1) -> Any:
+    """The run's code-store actor, named for the run and its owner. Ray restarts it after a crash
+    (max_restarts) and retries calls in flight (max_task_retries); on (re)start it restores the
+    newest snapshot of the run in `run_folder`. A refusal while it starts (a damaged snapshot)
+    is raised here as the store's own error."""
     num_cpus = codes_config.get("num_cpus", 1)
     num_gpus = codes_config.get("num_gpus", 0) if codes_config.get("backend") == "gpu" else 0
     remote = ray.remote(CodeStoreActor).options(
-        name=actor_name(run_id), namespace=NAMESPACE, get_if_exists=True,
+        name=actor_name(run_id, owner), namespace=NAMESPACE,
         num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts, max_task_retries=-1,
         max_concurrency=1000,
     )
-    actor = remote.remote(size, dim, codes_config, restore_from)
-    ray.get(actor.ping.remote())
+    actor = remote.remote(size, dim, codes_config, run_folder)
+    try:
+        ray.get(actor.ping.remote())
+    except ray.exceptions.RayActorError as error:
+        cause = getattr(error, "cause", None) or error.__cause__
+        if isinstance(cause, ray.exceptions.RayTaskError):
+            cause = cause.cause
+        if isinstance(cause, AcnError):
+            raise type(cause)(*cause.args) from None
+        raise StoreError(f"the code-store actor of run {run_id!r} could not start: {error}") from None
     return actor
 
 
-def get_store_actor(run_id: str) -> Any:
-    return ray.get_actor(actor_name(run_id), namespace=NAMESPACE)
+def get_store_actor(run_id: str, owner: str = "") -> Any:
+    return ray.get_actor(actor_name(run_id, owner), namespace=NAMESPACE)

@@ -95,6 +95,7 @@ class CodeStore:
         self.row_step = np.full(size, -1, dtype=np.int64)  # step of each row's last write; -1 = initial
         self.written = np.zeros(size, dtype=bool)
         self.step = 0
+        self.snapshot_step = -1  # the store step of the last snapshot written or restored
         self.counters = {"updates": 0, "rows_written": 0, "queries": 0, "query_rows": 0,
                          "unique_fallbacks": 0, "passes": 0}
         self.latency = {"update": deque(maxlen=2000), "neighbours": deque(maxlen=2000)}
@@ -254,6 +255,7 @@ class CodeStore:
                 "rng": self.rng.bit_generator.state,
             }
             (scratch / "header.json").write_text(json.dumps(header))
+        self.snapshot_step = self.step
         return Path(path)
 
     def restore(self, path: str | Path) -> None:
@@ -278,7 +280,7 @@ class CodeStore:
         self.used = np.load(path / "used.npy")
         self.used_count = int(self.used.sum())
         self.written = self.row_step >= 0
-        self.step = int(header["step"])
+        self.step = self.snapshot_step = int(header["step"])
         self.counters.update(header["counters"])
         self.rng.bit_generator.state = header["rng"]
 

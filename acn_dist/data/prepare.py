@@ -22,5 +22,7 @@ def summarise(folder: str | Path) -> str:
     return "\n".join(lines)
 
 
-def prepare_and_summarise(config: DataConfig) -> str:
-    return summarise(prepare(config))
+def prepare_and_summarise(config: DataConfig, rebuild: bool = False) -> str:
+    """Prepare (checking every shard's checksum when the dataset exists) or, with `rebuild`, write
+    the dataset again from its source; a summary of its manifest."""
+    return summarise(prepare(config, verify=True, rebuild=rebuild))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from acn_dist.data.binarize import binarize
-from acn_dist.data.shards import DataError, check_shard_files, read_manifest
+from acn_dist.data.shards import DataError, check_shard_files, read_manifest, verify_shard
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PICKLE_SUFFIXES = (".pyd", ".pickle", ".pkl")
@@ -36,16 +36,16 @@ class Shard:
     path: str
     count: int
     first_id: int
+    sha256: str
+    manifest: dict[str, Any] = field(compare=False, repr=False)
 
 
 def split_shards(folder: str | Path, split: str) -> tuple[dict[str, Any], list[Shard]]:
     folder = Path(folder)
     manifest = read_manifest(folder)
     check_shard_files(folder, manifest)
-    shards = [
-        Shard(str(folder / s["name"]), s["count"], s["first_id"])
-        for s in manifest["splits"][split]["shards"]
-    ]
+    shards = [Shard(str(folder / s["name"]), s["count"], s["first_id"], s["sha256"], manifest)
+              for s in manifest["splits"][split]["shards"]]
     return manifest, shards
 
 
@@ -104,9 +104,11 @@ def decode_sample(
 
 
 def read_shard(shard: Shard, image_shape: tuple[int, ...], labelled: bool) -> Iterator[tuple[int, np.ndarray, int]]:
-    """All samples of one shard, in file order, each checked; the count must match the manifest."""
+    """All samples of one shard, in file order, each checked; the count must match the manifest,
+    and the file its checksum (verified the first time this process opens it)."""
     seen: set[int] = set()
     name = Path(shard.path).name
+    verify_shard(Path(shard.path), shard.sha256, shard.manifest)
     try:
         for sample in wds.tarfile_samples([{"url": shard.path}]):
             sample_id, image, label = decode_sample(sample, shard, image_shape, labelled)

@@ -5,7 +5,10 @@ Layout of one dataset folder:
     train-000000.tar, train-000001.tar, ...   (ids 0..N-1: the rows of the code table)
     test-000000.tar, ...                       (ids N..N+M-1)
 A sample is `__key__` = zero-padded global id, `x.npy` = uint8 image, `cls` = label (when known).
-Writing goes to a hidden temporary folder that is renamed into place at the end, so a crash never
+Each shard's size and sha256 are in the manifest; readers verify a shard's checksum the first
+time a process opens it, so flipped bytes are refused, naming the shard and the command that
+rebuilds the dataset. Samples are written in a seeded random order (a source may come sorted by class; a shuffle
+buffer cannot undo shards that each hold one class), and ids follow the written order. Writing goes to a hidden temporary folder that is renamed into place at the end, so a crash never
 leaves a half dataset that looks complete.
 """
 
@@ -29,12 +32,31 @@ from acn_dist.errors import DataError
 from acn_dist.runs.storage import atomic_folder
 
 MANIFEST = "manifest.json"
-FORMAT = "acn_dist.shards/1"
+FORMAT = "acn_dist.shards/2"  # /2: a sha256 per shard, samples in a seeded random order
 SPLITS = ("train", "test")
+ORDER = "seeded-permutation/1"  # how samples are ordered in the shards (part of the fingerprint)
 KEY_DIGITS = 10
 
 
 __all__ = ["DataError", "dataset_folder", "prepare", "read_manifest"]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rebuild_command(folder: Path, manifest: dict[str, Any]) -> str:
+    """The command that writes this dataset again from its source, replacing the folder."""
+    prepared = manifest.get("prepare_config", {})
+    defaults = asdict(DataConfig())
+    keys = [key for key in ("dataset", "source", "path", "shard_size", "shard_multiple", "synthetic_count",
+                            "synthetic_size", "seed") if key in prepared and prepared[key] != defaults[key]]
+    settings = [f"data.root={Path(folder).resolve().parent}", *(f"data.{key}={prepared[key]}" for key in keys)]
+    return "acn-dist prepare --rebuild " + " ".join(f"--set {setting}" for setting in settings)
 
 
 def sample_key(global_id: int) -> str:
@@ -60,6 +82,7 @@ def _fingerprint(config: DataConfig, source: SourceData) -> str:
         "shard_multiple": config.shard_multiple,
         "synthetic": [config.synthetic_count, config.synthetic_size] if config.source == "synthetic" else None,
         "seed": config.seed,
+        "order": ORDER,
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -78,7 +101,10 @@ def _write_split(folder: Path, split: str, data: Any, id_start: int, config: Dat
     shard_index, in_shard, next_id = 0, 0, id_start
     labelled = True
     writer: wds.TarWriter | None = None
+    rng = np.random.default_rng([config.seed, SPLITS.index(split)])
     for images, labels in data.chunks():
+        order = rng.permutation(len(images))  # an in-memory source is one chunk: a full permutation
+        images, labels = images[order], (labels[order] if labels is not None else None)
         for row in range(len(images)):
             if writer is None:
                 name = f"{split}-{shard_index:06d}.tar"
@@ -100,28 +126,33 @@ def _write_split(folder: Path, split: str, data: Any, id_start: int, config: Dat
         raise DataError(f"{split}: source gave {next_id - id_start} samples, expected {data.count}")
     for shard in shards:
         shard["bytes"] = (folder / shard["name"]).stat().st_size
+        shard["sha256"] = sha256_file(folder / shard["name"])
     return shards, labelled
 
 
-def prepare(config: DataConfig, quiet: bool = False) -> Path:
-    """Write `config.root/config.dataset` from the configured source; a matching dataset is kept.
+def prepare(config: DataConfig, quiet: bool = False, verify: bool = False, rebuild: bool = False) -> Path:
+    """Write `config.root/config.dataset` from the configured source; a matching dataset is kept
+    (with `verify`, only once every shard's checksum has been checked).
 
-    Returns the dataset folder. Raises `DataError` when a different dataset already has that name.
+    Returns the dataset folder. Raises `DataError` when a different dataset already has that name,
+    or (with `verify`) when a shard was damaged; `rebuild` writes the dataset again from its source
+    and replaces the folder in one rename, whatever it held.
     """
     target = dataset_folder(config)
     source = load_source(config)
     fingerprint = _fingerprint(config, source)
-    if (target / MANIFEST).is_file():
+    if not rebuild and (target / MANIFEST).is_file():
         existing = read_manifest(target)
         if existing.get("fingerprint") == fingerprint:
-            check_shard_files(target, existing)
+            check_shard_files(target, existing, checksums=verify)
             return target
         raise DataError(
-            f"{target} already holds a different dataset (source or shard settings changed); "
-            "remove that folder or choose another data.dataset"
+            f"{target} already holds a different dataset (source, shard settings or acn_dist's shard "
+            f"format changed); write it again with `acn-dist prepare --rebuild` and the same settings, "
+            "or choose another data.dataset"
         )
-    if target.exists():
-        raise DataError(f"{target} exists but has no {MANIFEST}; remove it and prepare again")
+    if not rebuild and target.exists():
+        raise DataError(f"{target} exists but has no {MANIFEST}; write it again with `acn-dist prepare --rebuild`")
     total = sum(split.count for split in source.splits.values())
     with atomic_folder(target) as scratch, \
             tqdm(total=total, desc=f"prepare {config.dataset}", unit="img", disable=quiet) as progress:
@@ -166,7 +197,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if missing:
         raise DataError(f"{path}: missing keys {missing}; prepare the dataset again")
     if manifest["format"] != FORMAT:
-        raise DataError(f"{path}: format {manifest['format']!r} is not {FORMAT!r}")
+        raise DataError(f"{path}: format {manifest['format']!r} is not {FORMAT!r} (written by another "
+                        f"version of acn_dist); write it again: {rebuild_command(Path(folder), manifest)}")
     expected_start = 0
     for split in SPLITS:
         info = manifest["splits"].get(split)
@@ -184,20 +216,47 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def check_shard_files(folder: str | Path, manifest: dict[str, Any]) -> None:
-    """Every shard named by the manifest exists with the recorded size (catches truncation)."""
+def check_shard_files(folder: str | Path, manifest: dict[str, Any], checksums: bool = False) -> None:
+    """Every shard named by the manifest exists with the recorded size (catches truncation) and,
+    with `checksums`, the recorded sha256 (catches any change)."""
     folder = Path(folder)
     for split in SPLITS:
         for shard in manifest["splits"][split]["shards"]:
             path = folder / shard["name"]
             if not path.is_file():
-                raise DataError(f"{path}: shard listed in {folder / MANIFEST} is missing")
+                raise DataError(f"{path}: shard listed in {folder / MANIFEST} is missing; write the dataset "
+                                f"again: {rebuild_command(folder, manifest)}")
             size = path.stat().st_size
             if size != shard["bytes"]:
-                raise DataError(
-                    f"{path}: {size} bytes on disk, manifest says {shard['bytes']} (truncated or "
-                    "replaced); prepare the dataset again"
-                )
+                raise DataError(f"{path}: {size} bytes on disk, manifest says {shard['bytes']} (truncated or "
+                                f"replaced); write the dataset again: {rebuild_command(folder, manifest)}")
+            if checksums:
+                verify_shard(path, shard["sha256"], manifest)
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime): shards this process has checked
+
+
+def verify_shard(path: Path, expected: str, manifest: dict[str, Any]) -> None:
+    """Refuse a shard whose sha256 differs from the manifest's; each file is hashed once per process
+    (again only if it changes on disk)."""
+    status = path.stat()
+    key = (str(path), status.st_size, status.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DataError(f"shard {path.name}: sha256 {actual[:16]}... differs from the manifest's {expected[:16]}... "
+                        f"(the file changed after prepare: damaged or replaced); write the dataset again: "
+                        f"{rebuild_command(path.parent, manifest)}")
+    _VERIFIED.add(key)
+
+
+def dataset_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint records of the dataset it was trained on, to refuse another one later."""
+    return {"name": manifest["dataset"], "image_shape": list(manifest["image_shape"]),
+            "train_count": manifest["splits"]["train"]["count"], "test_count": manifest["splits"]["test"]["count"],
+            "fingerprint": manifest.get("fingerprint", "")}
 
 
 def dataset_folder(config: DataConfig) -> Path:

@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 import torch
 
-from acn_dist.model.acn import ACN, reconstruction_nats
+from acn_dist.model.acn import ACN
 
 
 @dataclass
@@ -48,7 +48,7 @@ def code_lengths(acn: ACN, x: torch.Tensor, neighbour_codes: torch.Tensor | None
             kl_b[rows] = acn.kl_from_scratch(code[rows], samples, generator)
         z = acn.sample_posterior(code, generator)
         kl.append(kl_b.numpy())
-        reconstruction.append(reconstruction_nats(acn.decoder(z, xb), xb, acn.likelihood).numpy())
+        reconstruction.append(acn.likelihood.nats(acn.decoder(z, xb), xb).numpy())
     return CodeLengths(np.concatenate(kl), np.concatenate(reconstruction))
 
 

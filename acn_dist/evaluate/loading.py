@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acn_dist.config import Config, from_dict
+from acn_dist.data.shards import dataset_folder, dataset_identity, read_manifest
 from acn_dist.errors import EvaluationError
 from acn_dist.model.acn import ACN, build_model
 from acn_dist.runs.checkpoints import Checkpoint, latest_checkpoint, load_checkpoint
@@ -36,6 +37,23 @@ def with_settings(trained: Config, settings: Config) -> Config:
     """The trained config with this command's evaluation settings, data location and tracking."""
     return dataclasses.replace(trained, eval=settings.eval, tracking=settings.tracking,
                                data=dataclasses.replace(trained.data, root=settings.data.root))
+
+
+def check_dataset(trained: Trained, config: Config, named: str | None = None) -> None:
+    """Refuse data the model was not trained on: a dataset the user named (`named`) other than the
+    checkpoint's, or a dataset folder whose manifest differs from the one recorded at training."""
+    recorded = trained.checkpoint.meta.get("dataset", {})
+    where = f"checkpoint {trained.checkpoint.path} was trained on {recorded.get('name')!r}"
+    if named and named != recorded.get("name"):
+        raise EvaluationError(f"{where}, not {named!r} (data.dataset of your --config/--set): evaluate it on "
+                              f"{recorded.get('name')!r}, or a checkpoint trained on {named!r}")
+    folder = dataset_folder(config.data)
+    found = dataset_identity(read_manifest(folder))
+    for key in ("image_shape", "train_count", "test_count", "fingerprint"):
+        if recorded.get(key) is not None and found[key] != recorded[key]:
+            raise EvaluationError(f"{where} with {key}={recorded[key]}; the dataset at {folder} has {key}={found[key]}: "
+                                  "it is another dataset under the same name; point data.root at the data it was "
+                                  "trained on")
 
 
 def resolve_checkpoint(checkpoint: str | None, config: Config | None) -> Path:

@@ -22,7 +22,7 @@ from acn_dist.data.reader import ShardLoader
 from acn_dist.data.shards import dataset_folder
 from acn_dist.errors import EvaluationError
 from acn_dist.evaluate import compression, figures, probe
-from acn_dist.evaluate.loading import load_trained, resolve_checkpoint, with_settings
+from acn_dist.evaluate.loading import check_dataset, load_trained, resolve_checkpoint, with_settings
 from acn_dist.model.acn import ACN
 from acn_dist.model.networks import GatedPixelCNN
 from acn_dist.model.sampling import daydream, decode, prior_samples
@@ -52,22 +52,21 @@ def reconstructions(acn: ACN, x: torch.Tensor, generator: torch.Generator) -> np
     code = acn.encode(x)
     if isinstance(acn.decoder, GatedPixelCNN):
         rebuilt = decode(acn, code, generator)
-    elif acn.likelihood == "bernoulli":
-        rebuilt = torch.sigmoid(acn.decoder(code))
     else:
-        probabilities = torch.softmax(acn.decoder(code), dim=2)
-        rebuilt = (probabilities * torch.arange(256.0)[None, None, :, None, None]).sum(2) / 255
+        rebuilt = acn.likelihood.mean(acn.decoder(code))
     return torch.stack([x, rebuilt]).numpy()
 
 
 def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: Config | None = None,
-             log: bool = True, figures_on: bool = True) -> dict[str, Any]:
-    """Evaluate one checkpoint; returns the metrics (also in `<out>/metrics.json`)."""
+             log: bool = True, figures_on: bool = True, dataset: str | None = None) -> dict[str, Any]:
+    """Evaluate one checkpoint; returns the metrics (also in `<out>/metrics.json`). `dataset`: the
+    dataset the user named, refused unless it is the one the checkpoint was trained on."""
     torch.manual_seed(0)
     trained = load_trained(checkpoint)
     acn, config = trained.acn, trained.config
     if overrides is not None:  # evaluation settings and data location may differ from training
         config = with_settings(config, overrides)
+    check_dataset(trained, config, dataset)
     settings = config.eval
     out = Path(out) if out else Path(checkpoint).parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -80,9 +79,8 @@ def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: C
                                "decoder": config.model.decoder, "dataset": config.data.dataset,
                                "train_count": len(train_x), "test_count": len(test_x)}
     if settings.probe:
-        metrics.update(probe.table3(train_codes, train_images.astype(np.float32) / 255, train_y, test_codes,
-                                    test_images.astype(np.float32) / 255, test_y, settings.probe_max_iter,
-                                    settings.knn_k, settings.seed))
+        metrics.update(probe_table(config, train_codes, train_x, train_images, train_y, test_codes, test_x,
+                                   test_images, test_y))
     metrics.update(compression.test_set_compression(acn, train_codes, test_x, test_codes, config.codes.k,
                                                     settings.kl_samples, settings.seed, settings.batch_size))
     limit = settings.ordered_limit or len(train_x)
@@ -98,6 +96,29 @@ def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: C
     if log:
         log_to_mlflow(config, metrics, out)
     return metrics
+
+
+def model_input(config: Config) -> str:
+    """What the model sees: `binarised` or `greyscale` images."""
+    return "greyscale" if config.data.binarize == "none" else "binarised"
+
+
+def probe_table(config: Config, train_codes: np.ndarray, train_x: torch.Tensor, train_images: np.ndarray,
+                train_y: np.ndarray, test_codes: np.ndarray, test_x: torch.Tensor, test_images: np.ndarray,
+                test_y: np.ndarray) -> dict[str, Any]:
+    """The paper's Table 3 rows on one split: codes, then pixels and PCA-16 on the model's own input
+    (and greyscale beside a binarised input), each with the linear and the k-NN probe."""
+    settings = config.eval
+    args = (settings.probe_max_iter, settings.knn_k, settings.seed)
+    kind = model_input(config)
+    rows: dict[str, Any] = {"input": kind, **probe.probe_rows("codes", train_codes, train_y, test_codes, test_y, *args)}
+    if not settings.baselines:
+        return rows
+    rows.update(probe.baseline_rows(kind, train_x.numpy(), train_y, test_x.numpy(), test_y, *args))
+    if kind == "binarised":
+        rows.update(probe.baseline_rows("greyscale", train_images.astype(np.float32) / 255, train_y,
+                                        test_images.astype(np.float32) / 255, test_y, *args))
+    return rows
 
 
 def write_figures(acn: ACN, config: Config, test_x: torch.Tensor, test_y: np.ndarray, test_codes: np.ndarray,

@@ -6,6 +6,10 @@
 q(z|x) = N(c, I): the encoder gives only the mean c, "the code". All terms are per example, in
 nats. Training uses a single-sample Monte-Carlo KL, log q(z|x) - log p(z|ĉ), with the same z fed
 to the decoder (the VAE uses its analytic KL, 0.5 ||c||^2). No gradient flows into ĉ.
+
+Against posterior collapse the training loss (never the reported code length) can weight the KL
+by a warm-up factor and give each latent dimension "free bits": while a dimension's batch-mean
+KL is below the allowance, the encoder feels no pull from it (the prior keeps fitting it).
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from acn_dist.config import Config, likelihood
+from acn_dist.model.likelihoods import Likelihood, build_likelihood
 from acn_dist.model.networks import build_decoder, build_encoder
 from acn_dist.model.priors import (
     DiagonalMixture,
@@ -29,7 +33,7 @@ from acn_dist.model.priors import (
 
 Prior = DiagonalMixture | StandardNormal
 
-__all__ = ["ACN", "Losses", "build_model", "posterior_log_prob", "reconstruction_nats"]
+__all__ = ["ACN", "Losses", "build_model", "kl_weight", "posterior_log_prob"]
 
 
 @dataclass
@@ -41,16 +45,13 @@ class Losses:
     reconstruction: torch.Tensor
     prior_fit: torch.Tensor  # -log p(z) of the unconditional prior on detached z (trains p(z) only)
     kl_per_dimension: torch.Tensor  # [B, D]: the KL's terms, summed into `kl`
+    kl_prior_side: torch.Tensor  # [B, D]: the same with code and z detached (gradient to the prior only)
 
 
-def reconstruction_nats(logits: torch.Tensor, x: torch.Tensor, likelihood_kind: str) -> torch.Tensor:
-    """-log r(x|z) per example, nats: [B]. Bernoulli targets are {0,1}; categorical ones 8-bit."""
-    if likelihood_kind == "bernoulli":
-        nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
-        return nll.flatten(1).sum(dim=1)
-    targets = torch.round(x * 255).long()  # [B, C, H, W] in 0..255; logits [B, C, 256, H, W]
-    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # classes on dim 1
-    return nll.flatten(1).sum(dim=1)
+def kl_weight(step: int, warmup_steps: int) -> float:
+    """The KL's weight in the training loss at `step`: rising linearly from 0 to 1 over
+    `warmup_steps` (1 throughout when 0)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
 
 
 class ACN(nn.Module):
@@ -65,11 +66,11 @@ class ACN(nn.Module):
         super().__init__()
         model, prior = config.model, config.prior
         self.objective = model.objective  # a name for reports
-        self.likelihood = likelihood(config)
+        self.likelihood: Likelihood = build_likelihood(likelihood(config), image_shape[0], model.logistic_components)
         self.image_shape = image_shape
         self.code_size = model.code_size
         self.encoder = build_encoder(model.encoder, image_shape, model.code_size, model.hidden, model.channels)
-        self.decoder = build_decoder(model.decoder, image_shape, model.code_size, self.likelihood,
+        self.decoder = build_decoder(model.decoder, image_shape, model.code_size, self.likelihood.parameters,
                                      model.hidden, model.channels, model.pixelcnn_channels,
                                      model.pixelcnn_layers)
         self.prior, self.unconditional_prior = build_priors(model.objective, model.code_size, prior.hidden,
@@ -104,16 +105,24 @@ class ACN(nn.Module):
                generator: torch.Generator | None = None) -> Losses:
         """The objective for a batch whose codes are already computed (Algorithm 1, step 4)."""
         z = self.sample_posterior(code, generator)
-        kl_per_dimension = self.prior_given(neighbour_code).kl_per_dimension(code, z)
+        prior = self.prior_given(neighbour_code)
+        kl_per_dimension = prior.kl_per_dimension(code, z)
         kl = kl_per_dimension.sum(dim=-1)
-        reconstruction = reconstruction_nats(self.decoder(z, x), x, self.likelihood)
+        reconstruction = self.likelihood.nats(self.decoder(z, x), x)
         prior_fit = -self.unconditional_prior(len(z)).log_prob(z.detach())
         return Losses(total=kl + reconstruction, kl=kl, reconstruction=reconstruction, prior_fit=prior_fit,
-                      kl_per_dimension=kl_per_dimension)
+                      kl_per_dimension=kl_per_dimension,
+                      kl_prior_side=prior.kl_per_dimension(code.detach(), z.detach()))
 
-    def training_loss(self, losses: Losses) -> torch.Tensor:
-        """Scalar to minimise: mean code length plus the unconditional prior's own fit."""
-        return losses.total.mean() + losses.prior_fit.mean()
+    def training_loss(self, losses: Losses, kl_weight: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
+        """Scalar to minimise: mean reconstruction + `kl_weight` x the mean KL (each dimension's
+        batch mean counted at least `free_bits` nats as far as the encoder is concerned) + the
+        unconditional prior's own fit. With the defaults (1, 0) it is the mean code length."""
+        kl = losses.kl_per_dimension.mean(dim=0)  # [D]
+        if free_bits > 0:
+            below = kl.detach() < free_bits  # these dimensions pull only on the prior
+            kl = torch.where(below, losses.kl_prior_side.mean(dim=0), kl)
+        return kl_weight * kl.sum() + losses.reconstruction.mean() + losses.prior_fit.mean()
 
     @torch.no_grad()
     def kl_estimate(self, code: torch.Tensor, neighbour_code: torch.Tensor | None, samples: int,

@@ -1,7 +1,7 @@
-"""Encoders (x -> code c, the mean of q(z|x) = N(c, I)) and decoders (z -> logits of r(x|z)).
+"""Encoders (x -> code c, the mean of q(z|x) = N(c, I)) and decoders (z -> parameters of r(x|z)).
 
-Images are [B, C, H, W] floats in [0, 1]. Decoder logits are [B, C, H, W] for a Bernoulli
-likelihood and [B, C, 256, H, W] for the 256-way categorical one.
+Images are [B, C, H, W] floats in [0, 1]. Decoders emit [B, C * P, H, W]: the P parameters per
+pixel and channel that their likelihood (`acn_dist.model.likelihoods`) reads.
 """
 
 from __future__ import annotations
@@ -50,27 +50,52 @@ class ConvEncoder(nn.Module):
         return self.net(x)
 
 
-def output_channels(image_channels: int, likelihood: str) -> int:
-    return image_channels * (256 if likelihood == "categorical" else 1)
+class ResidualBlock(nn.Module):
+    """x + conv3x3(ReLU(conv3x3(ReLU(x)))), channels kept."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
-def shape_logits(raw: torch.Tensor, image_channels: int, likelihood: str) -> torch.Tensor:
-    if likelihood == "categorical":
-        batch, _, height, width = raw.shape
-        return raw.reshape(batch, image_channels, 256, height, width)
-    return raw
+class ResidualEncoder(nn.Module):
+    """A stronger conv encoder: a 3x3 stem, then two stages of `blocks` residual blocks each
+    followed by a stride-2 conv doubling the channels (H/4 x W/4 x 4c), then two dense layers."""
+
+    def __init__(self, image_shape: tuple[int, int, int], code_size: int, channels: int = 32,
+                 hidden: int = 512, blocks: int = 2):
+        super().__init__()
+        in_channels, height, width = image_shape
+        if height % 4 or width % 4:
+            raise ValueError(f"residual encoder needs H and W divisible by 4, got {height}x{width}; use model.encoder=mlp")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1)]
+        for stage in range(2):
+            width_now = channels * 2**stage
+            layers += [ResidualBlock(width_now) for _ in range(blocks)]
+            layers.append(nn.Conv2d(width_now, 2 * width_now, 4, stride=2, padding=1))
+        self.net = nn.Sequential(
+            *layers, nn.ReLU(), nn.Flatten(),
+            nn.Linear(4 * channels * (height // 4) * (width // 4), hidden), nn.ReLU(),
+            nn.Linear(hidden, code_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class DeconvDecoder(nn.Module):
     """z -> dense -> [2c, H/4, W/4] -> two transposed convs -> logits (independent pixels)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], code_size: int, likelihood: str,
+    def __init__(self, image_shape: tuple[int, int, int], code_size: int, parameters: int,
                  channels: int = 32, hidden: int = 512):
         super().__init__()
         self.image_channels, height, width = image_shape
         if height % 4 or width % 4:
             raise ValueError(f"deconv decoder needs H and W divisible by 4, got {height}x{width}")
-        self.likelihood = likelihood
         self.base = (2 * channels, height // 4, width // 4)
         self.dense = nn.Sequential(
             nn.Linear(code_size, hidden), nn.ReLU(),
@@ -78,13 +103,12 @@ class DeconvDecoder(nn.Module):
         )
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(2 * channels, channels, 4, stride=2, padding=1), nn.ReLU(),
-            nn.ConvTranspose2d(channels, output_channels(self.image_channels, likelihood), 4, stride=2, padding=1),
+            nn.ConvTranspose2d(channels, self.image_channels * parameters, 4, stride=2, padding=1),
         )
 
     def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of r(x|z); `x` is unused (pixels are independent given z)."""
-        raw = self.deconv(self.dense(z).reshape(-1, *self.base))
-        return shape_logits(raw, self.image_channels, self.likelihood)
+        """Parameters of r(x|z); `x` is unused (pixels are independent given z)."""
+        return self.deconv(self.dense(z).reshape(-1, *self.base))
 
 
 class GatedLayer(nn.Module):
@@ -134,11 +158,10 @@ class GatedPixelCNN(nn.Module):
     All channels of a pixel are predicted together from earlier pixels (no within-pixel ordering).
     """
 
-    def __init__(self, image_shape: tuple[int, int, int], code_size: int, likelihood: str,
+    def __init__(self, image_shape: tuple[int, int, int], code_size: int, parameters: int,
                  channels: int = 64, layers: int = 6, kernel: int = 5):
         super().__init__()
         self.image_channels = image_shape[0]
-        self.likelihood = likelihood
         self.layers = nn.ModuleList(
             GatedLayer(self.image_channels if i == 0 else channels, channels,
                        7 if i == 0 else kernel, code_size, first=i == 0)
@@ -146,29 +169,32 @@ class GatedPixelCNN(nn.Module):
         )
         self.head = nn.Sequential(
             nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
-            nn.Conv2d(channels, output_channels(self.image_channels, likelihood), 1),
+            nn.Conv2d(channels, self.image_channels * parameters, 1),
         )
 
     def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits for every pixel given the pixels before it (teacher forcing on `x`) and z."""
+        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z."""
         if x is None:
             raise ValueError("the PixelCNN decoder needs the image x (teacher forcing); use sample()")
         inputs = x * 2 - 1  # centre the [0, 1] pixels
         v, h = inputs, inputs
         for layer in self.layers:
             v, h = layer(v, h, z)
-        return shape_logits(self.head(h), self.image_channels, self.likelihood)
+        return self.head(h)
 
 
 def build_encoder(kind: str, image_shape: tuple[int, int, int], code_size: int, hidden: int,
                   channels: int) -> nn.Module:
     if kind == "mlp":
         return MLPEncoder(image_shape, code_size, hidden)
+    if kind == "resnet":
+        return ResidualEncoder(image_shape, code_size, channels, hidden)
     return ConvEncoder(image_shape, code_size, channels, hidden)
 
 
-def build_decoder(kind: str, image_shape: tuple[int, int, int], code_size: int, likelihood: str,
+def build_decoder(kind: str, image_shape: tuple[int, int, int], code_size: int, parameters: int,
                   hidden: int, channels: int, pixelcnn_channels: int, pixelcnn_layers: int) -> nn.Module:
+    """A decoder emitting `parameters` numbers per pixel and channel."""
     if kind == "pixelcnn":
-        return GatedPixelCNN(image_shape, code_size, likelihood, pixelcnn_channels, pixelcnn_layers)
-    return DeconvDecoder(image_shape, code_size, likelihood, channels, hidden)
+        return GatedPixelCNN(image_shape, code_size, parameters, pixelcnn_channels, pixelcnn_layers)
+    return DeconvDecoder(image_shape, code_size, parameters, channels, hidden)

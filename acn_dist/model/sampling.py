@@ -9,27 +9,17 @@ from acn_dist.model.acn import ACN
 from acn_dist.model.networks import GatedPixelCNN
 
 
-def sample_pixels(logits: torch.Tensor, likelihood: str, generator: torch.Generator | None) -> torch.Tensor:
-    """Bernoulli logits [B, C, H, W] or categorical [B, C, 256, H, W] -> images in [0, 1]."""
-    if likelihood == "bernoulli":
-        return torch.bernoulli(torch.sigmoid(logits), generator=generator)
-    probs = torch.softmax(logits.movedim(2, -1), dim=-1)  # [B, C, H, W, 256]
-    flat = torch.multinomial(probs.reshape(-1, 256), 1, generator=generator)
-    return flat.reshape(probs.shape[:-1]).float() / 255
-
-
 @torch.no_grad()
 def decode(acn: ACN, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """x ~ r(x|z) for each row of z: [B, C, H, W] in [0, 1]."""
     channels, height, width = acn.image_shape
     if not isinstance(acn.decoder, GatedPixelCNN):
-        return sample_pixels(acn.decoder(z), acn.likelihood, generator)
+        return acn.likelihood.sample(acn.decoder(z), generator)
     x = torch.zeros(len(z), channels, height, width, device=z.device)
     for row in range(height):  # each pixel given those before it
         for column in range(width):
-            logits = acn.decoder(z, x)
-            pixel = sample_pixels(logits[..., row:row + 1, column:column + 1], acn.likelihood, generator)
-            x[:, :, row, column] = pixel[:, :, 0, 0]
+            raw = acn.decoder(z, x)[..., row:row + 1, column:column + 1]
+            x[:, :, row, column] = acn.likelihood.sample(raw, generator)[:, :, 0, 0]
     return x
 
 

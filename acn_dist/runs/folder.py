@@ -15,14 +15,34 @@ Training, evaluation, export and the fault-injection tools all find these paths 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from acn_dist.config import Config
+from acn_dist.errors import ConfigError, RunError
 from acn_dist.runs.checkpoints import PATTERN, latest_checkpoint, list_checkpoints, step_of
 from acn_dist.runs.storage import atomic_write_text
+
+# Keys a resumed run must keep (None: the whole section): they decide the shapes of the model and
+# the code table, and which data the rows of the table are.
+RESUME_FIXED: dict[str, tuple[str, ...] | None] = {
+    "model": None, "prior": None, "data": ("dataset", "binarize"),
+}
+
+
+def check_writable(storage_path: str | Path) -> None:
+    """Refuse a storage path this process cannot create or write, without writing anything."""
+    path = Path(storage_path).resolve()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.storage_path={str(storage_path)!r}: {existing} is not a writable folder, so "
+                          f"{path} cannot hold runs; point it at a writable folder (shared storage on a cluster)")
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,22 @@ class RunFolder:
 
     def write_config(self, text: str) -> None:
         atomic_write_text(self.config_file, text)
+
+    def refuse_incompatible(self, config: Config) -> None:
+        """Running again with the same run id resumes: refuse (before anything is written) a
+        config whose model, prior or data would not fit what the run has trained."""
+        saved = self.saved_config()
+        if saved is None:
+            return
+        new = config.to_dict()
+        for section, keys in RESUME_FIXED.items():
+            for key in keys or new[section]:
+                before, after = saved.get(section, {}).get(key), new[section][key]
+                if before is not None and before != after:
+                    raise RunError(
+                        f"run {self.run_id!r} was trained with {section}.{key}={before!r}; resuming it with "
+                        f"{after!r} would not fit its checkpoints ({self.config_file}): keep {before!r}, or "
+                        "start a new run (another train.run_id)")
 
     def history(self) -> list[dict[str, float]]:
         """The metrics rows rank 0 wrote (all sessions of the run, in the order written)."""

@@ -106,6 +106,17 @@ class RunLock:
             os.fsync(handle.fileno())
         return True
 
+    def _refusal(self, holder: Owner) -> RunError:
+        return RunError(f"run {self.run_id!r} is already being trained by its owner ({holder.describe()}); "
+                        f"a run has one owner: wait for it to end, or stop it (lock {self.path}); a lock left by "
+                        "an owner that died is taken over automatically")
+
+    def refuse_if_owned(self) -> None:
+        """Raise `RunError` when a live owner holds the run; reads only."""
+        holder = read_owner(self.path)
+        if holder is not None and not holder.dead(self.stale_after_s):
+            raise self._refusal(holder)
+
     def acquire(self) -> Owner:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = Owner.me()
@@ -118,10 +129,7 @@ class RunLock:
             if holder is None:
                 continue  # released meanwhile: try again
             if not holder.dead(self.stale_after_s):
-                raise RunError(
-                    f"run {self.run_id!r} is already being trained by its owner ({holder.describe()}); "
-                    f"a run has one owner: wait for it to end, or stop it (lock {self.path}); a lock "
-                    "left by an owner that died is taken over automatically")
+                raise self._refusal(holder)
             # Take over from a dead owner: move its lock aside (only one starter's rename can
             # succeed), then create ours as usual.
             try:

@@ -41,20 +41,29 @@ def connect(config: Config) -> str:
     return "a local single-node Ray"
 
 
+DEFAULT_PORTS = {"ray": 10001, "tcp": 6379}  # the Ray client server; the GCS
+
+
 def check_reachable(address: str, timeout: float = 5.0) -> None:
     """A fast, clear failure for a GCS address (host:port, ray://host:port) nobody answers on;
     `ray.init` itself retries for minutes."""
     if address == "auto":
         return
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    if not parts.hostname or not parts.port:
-        return
+    where = f"cannot join the Ray cluster at {address!r} (cluster.address or RAY_ADDRESS)"
     try:
-        socket.create_connection((parts.hostname, parts.port), timeout=timeout).close()
+        port = parts.port if parts.port is not None else DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:  # a port that is not a number
+        port = 0
+    if not parts.hostname or not port:
+        raise ClusterError(f"{where}: not host:port with a port in 1..65535; the head prints its address at "
+                           "`ray start --head`; leave both empty for a local single-node Ray")
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
     except OSError as error:
-        raise ClusterError(f"cannot join the Ray cluster at {address!r} (cluster.address or RAY_ADDRESS): nothing "
-                           f"answers at {parts.hostname}:{parts.port} ({error}). Start it (`ray start --head`) or "
-                           "fix the address; leave both empty for a local single-node Ray") from error
+        raise ClusterError(f"{where}: nothing answers at {parts.hostname}:{port} ({error}). Start it "
+                           "(`ray start --head`) or fix the address; leave both empty for a local single-node Ray"
+                           ) from error
 
 
 def check_resources(config: Config) -> None:

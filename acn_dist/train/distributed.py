@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 import torch
+from ray.exceptions import RayTaskError
+from ray.train import TrainingFailedError
 
 from acn_dist.codes.actor import create_store_actor
 from acn_dist.codes.client import RayClient
 from acn_dist.config import Config, from_dict
+from acn_dist.errors import AcnError
 from acn_dist.runs.folder import RunFolder
 from acn_dist.train.cluster import check_resources, connect
 from acn_dist.train.loop import Runtime, train_loop
@@ -76,35 +80,80 @@ def worker_loop(loop_config: dict[str, Any]) -> None:
                                report=report, barrier=barrier))
 
 
-def train_distributed(config: Config, train_size: int, tracker: Any = None) -> dict[str, Any]:
-    """Run `config` on Ray Train over a training split of `train_size` data; returns the summary
-    of the run (steps, checkpoint, history). Paths in `config` must be absolute (workers do not
-    share the driver's working directory)."""
+def refusal_in(failure: BaseException) -> AcnError | None:
+    """The project's own error behind a failed training attempt, if one of the workers raised
+    one (a bad shard, a refused store call, NaN codes): deterministic, never worth a retry."""
+    causes = list(getattr(failure, "worker_failures", {}).values()) or [failure]
+    for cause in causes:
+        seen = 0
+        while cause is not None and seen < 10:
+            if isinstance(cause, RayTaskError):
+                cause = cause.cause
+                continue
+            if isinstance(cause, AcnError):
+                return type(cause)(*cause.args)
+            cause, seen = cause.__cause__, seen + 1
+    return None
+
+
+def fit_retrying_faults(attempt: Callable[[], None], max_failures: int) -> None:
+    """Run `attempt` (one Ray Train `fit`); after a fault (a killed worker, a lost node) run it
+    again, resuming from the last checkpoint, up to `max_failures` times. A refusal (`AcnError`)
+    from any worker is raised at once, as itself."""
+    for number in range(max_failures + 1):
+        try:
+            attempt()
+            return
+        except TrainingFailedError as failure:
+            refusal = refusal_in(failure)
+            if refusal is not None:
+                raise refusal from None
+            if number == max_failures:
+                raise
+            first_line = str(failure).strip().splitlines()[-1][:200]
+            say(f"training attempt {number + 1} failed ({first_line}); resuming from the last checkpoint "
+                f"(retry {number + 1} of train.max_failures={max_failures})")
+
+
+def prepare_cluster(config: Config) -> str:
+    """Join (or start) Ray and refuse a run it cannot host; says where the run goes."""
+    where = connect(config)
+    check_resources(config)
+    return where
+
+
+def train_distributed(config: Config, train_size: int, where: str, owner: str = "",
+                      tracker: Any = None) -> dict[str, Any]:
+    """Run `config` on Ray Train (joined by `prepare_cluster`) over a training split of
+    `train_size` data; returns the summary of the run (steps, checkpoint, history). Paths in
+    `config` must be absolute (workers do not share the driver's working directory). The store
+    actor's name carries the `owner` token: only this run's own processes reach it."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    where = connect(config)
-    check_resources(config)
     run = RunFolder.at(config.train.storage_path, config.train.run_id)
     actor = None
     if config.uses_code_table:
-        actor = create_store_actor(config.train.run_id, train_size, config.model.code_size,
-                                   dataclasses.asdict(config.codes), restore_from=str(run.path))
+        actor = create_store_actor(config.train.run_id, owner, train_size, config.model.code_size,
+                                   dataclasses.asdict(config.codes), run_folder=str(run.path))
         restored = ray.get(actor.stats.remote())["restored_from"]
         say(f"code store: actor {config.train.run_id!r}, {train_size} x {config.model.code_size} table"
             + (f", restored from {restored}" if restored else ", initialised N(0, 1)"))
     callbacks = [tracker.ray_train_callback()] if tracker is not None and tracker.active else []
     say(f"training {config.train.run_id} with {config.train.num_workers} workers on {where}")
-    trainer = TorchTrainer(
-        worker_loop,
-        train_loop_config={"config": config.to_dict(), "store_actor": actor},
-        scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu),
-        run_config=RunConfig(name=config.train.run_id, storage_path=config.train.storage_path,
-                             failure_config=FailureConfig(max_failures=config.train.max_failures),
-                             callbacks=callbacks),
-    )
+
+    def attempt() -> None:
+        TorchTrainer(
+            worker_loop,
+            train_loop_config={"config": config.to_dict(), "store_actor": actor},
+            scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu),
+            # Retries are ours (below): Ray Train's own would also retry a refusal.
+            run_config=RunConfig(name=config.train.run_id, storage_path=config.train.storage_path,
+                                 failure_config=FailureConfig(max_failures=0), callbacks=callbacks),
+        ).fit()
+
     try:
-        trainer.fit()
+        fit_retrying_faults(attempt, config.train.max_failures)
     finally:
         if actor is not None:
             ray.kill(actor, no_restart=True)

@@ -8,18 +8,19 @@ directory) are filled in once, by `resolve`, before anything else sees the confi
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from acn_dist.codes.client import LocalClient
 from acn_dist.codes.factory import build_store
-from acn_dist.config import Config, ConfigError, with_values
+from acn_dist.config import Config, with_values
 from acn_dist.data.shards import prepare, read_manifest
-from acn_dist.runs.folder import RunFolder
+from acn_dist.errors import StoreError
+from acn_dist.runs.folder import RunFolder, check_writable
+from acn_dist.runs.lock import RunLock
 from acn_dist.tracking import Tracker
-from acn_dist.train.distributed import train_distributed
+from acn_dist.train.distributed import prepare_cluster, train_distributed
 from acn_dist.train.loop import Runtime, train_loop
 
 
@@ -56,42 +57,46 @@ def train_local(config: Config, tracker: Tracker | None = None) -> dict[str, Any
     return train_loop(config, Runtime(store=store, report=report))
 
 
-def writable_run_folder(config: Config) -> RunFolder:
-    """The run folder, created; refuses (before anything starts) a storage path it cannot write."""
-    run = RunFolder.at(config.train.storage_path, config.train.run_id)
-    try:
-        run.path.mkdir(parents=True, exist_ok=True)
-        probe = run.path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as error:
-        raise ConfigError(f"train.storage_path={config.train.storage_path!r}: cannot write {run.path} "
-                          f"({type(error).__name__}: {error}); point it at a writable folder (shared storage "
-                          "on a cluster)") from error
-    return run
+def preflight(config: Config) -> int:
+    """Everything that can refuse the run, checked before anything of it is written: the storage
+    path, the dataset (prepared when missing), `codes.k` against its size, a config that would not
+    fit the run being resumed, and (for Ray Train) the cluster. Returns the training split's size."""
+    check_writable(config.train.storage_path)
+    size = train_size(config)
+    if config.uses_code_table and not 1 <= config.codes.k < size:
+        raise StoreError(f"codes.k={config.codes.k} must be in 1..{size - 1}: the train split has {size} data")
+    RunFolder.at(config.train.storage_path, config.train.run_id).refuse_incompatible(config)
+    return size
 
 
 def train(config: Config) -> dict[str, Any]:
-    """Train as the config says: locally (`train.num_workers=0`) or on Ray Train; tracked in MLflow."""
+    """Train as the config says: locally (`train.num_workers=0`) or on Ray Train; tracked in MLflow.
+
+    A refused start writes nothing (no run folder, no MLflow run); a started run is owned by this
+    process (`owner.json`) until it ends, and a second start of the same run is refused."""
     config = resolve(config)
-    run = writable_run_folder(config)
-    tracker = Tracker(config)
-    tracker.start(config)
-    run.write_config(config.to_yaml())
-    tracker.log_artifact(run.config_file)
-    status = "FAILED"
-    try:
-        if config.train.num_workers == 0:
-            result = train_local(config, tracker)
-        else:
-            result = train_distributed(config, train_size(config), tracker)
-        if result.get("checkpoint"):
-            pointer = run.write_final_pointer(Path(result["checkpoint"]))
-            tracker.set_tags({"acn_dist.checkpoint": str(Path(result["checkpoint"]).resolve())})
-            tracker.log_artifact(pointer)
-        status = "FINISHED"
-    finally:
-        tracker.finish(status)
+    size = preflight(config)
+    run = RunFolder.at(config.train.storage_path, config.train.run_id)
+    RunLock(run.lock_file, config.train.run_id).refuse_if_owned()  # at once, before joining Ray
+    where = prepare_cluster(config) if config.train.num_workers > 0 else "this process"
+    with RunLock(run.lock_file, config.train.run_id) as lock:
+        tracker = Tracker(config)
+        tracker.start(config)
+        run.write_config(config.to_yaml())
+        tracker.log_artifact(run.config_file)
+        status = "FAILED"
+        try:
+            if config.train.num_workers == 0:
+                result = train_local(config, tracker)
+            else:
+                result = train_distributed(config, size, where, owner=lock.token, tracker=tracker)
+            if result.get("checkpoint"):
+                pointer = run.write_final_pointer(Path(result["checkpoint"]))
+                tracker.set_tags({"acn_dist.checkpoint": str(Path(result["checkpoint"]).resolve())})
+                tracker.log_artifact(pointer)
+            status = "FINISHED"
+        finally:
+            tracker.finish(status)
     result["mlflow_run_id"] = tracker.run_id
     result["tracking_uri"] = tracker.uri if tracker.run_id else None
     return result

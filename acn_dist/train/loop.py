@@ -101,7 +101,7 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
         lookup.begin_batch(ids, following[0] if following is not None else None, epoch)
         try:
             result = train_step(model, acn, optimizer, lookup, ids, x.to(runtime.device), position.step,
-                                config.train.grad_clip)
+                                config.train)
         except NonFiniteError:
             if config.train.nonfinite == "stop":
                 raise

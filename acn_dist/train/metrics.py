@@ -13,7 +13,7 @@ import numpy as np
 from acn_dist.train.lookup import NeighbourLookup
 from acn_dist.train.step import StepResult
 
-WINDOW_KEYS = ("loss", "kl", "reconstruction", "staleness", "data_ms", "forward_ms", "backward_ms")
+WINDOW_KEYS = ("loss", "kl", "reconstruction", "kl_weight", "staleness", "data_ms", "forward_ms", "backward_ms")
 
 
 def _mean(values: list[float]) -> float:
@@ -52,6 +52,7 @@ class MetricsWindow:
         self.values["loss"].append(float(losses.total.detach().mean()))
         self.values["kl"].append(float(losses.kl.detach().mean()))
         self.values["reconstruction"].append(float(losses.reconstruction.detach().mean()))
+        self.values["kl_weight"].append(result.kl_weight)
         self.values["staleness"].append(result.neighbour_staleness)
         self.values["forward_ms"].append(1000 * result.forward_s)
         self.values["backward_ms"].append(1000 * result.backward_s)
@@ -73,6 +74,7 @@ class MetricsWindow:
             latency = stats["neighbours_latency"]
             row["store_query_p50_ms"], row["store_query_p99_ms"] = latency["p50_ms"], latency["p99_ms"]
             row["same_batch_share"] = stats["same_batch_share"]
+            row["store_rewound_steps"] = float(stats.get("rewound_steps", 0))  # updates lost to store crashes
         self._reset()
         return row
 

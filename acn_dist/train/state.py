@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from acn_dist.config import Config
+from acn_dist.data.shards import dataset_identity
 from acn_dist.model.acn import ACN
 from acn_dist.runs.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from acn_dist.runs.folder import RunFolder
@@ -35,13 +36,6 @@ class Position:
         if end_of_epoch:
             return Position(self.step + 1, epoch + 1, 0)
         return Position(self.step + 1, epoch, index + 1)
-
-
-def dataset_identity(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What a checkpoint records of the dataset it was trained on, to refuse another one later."""
-    return {"name": manifest["dataset"], "image_shape": list(manifest["image_shape"]),
-            "train_count": manifest["splits"]["train"]["count"], "test_count": manifest["splits"]["test"]["count"],
-            "fingerprint": manifest.get("fingerprint", "")}
 
 
 class Checkpointer:

@@ -18,39 +18,45 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from acn_dist.config import TrainConfig
 from acn_dist.errors import NonFiniteError
-from acn_dist.model.acn import ACN, Losses
+from acn_dist.model.acn import ACN, Losses, kl_weight
 from acn_dist.train.lookup import NeighbourLookup
+
+DEFAULTS = TrainConfig()  # frozen: safe to share
 
 
 @dataclass
 class StepResult:
     losses: Losses
     neighbour_staleness: float  # mean steps since the picked neighbour codes were written (nan: vae)
+    kl_weight: float = 1.0  # the KL's weight in this step's training loss (warm-up)
     forward_s: float = 0.0  # encode, prior, decode, loss (store calls excluded)
     backward_s: float = 0.0  # backward (with DDP's allreduce) and the optimiser step
 
 
 def train_step(model: nn.Module, acn: ACN, optimizer: torch.optim.Optimizer, lookup: NeighbourLookup,
-               ids: torch.Tensor, x: torch.Tensor, step: int, grad_clip: float = 0.0) -> StepResult:
+               ids: torch.Tensor, x: torch.Tensor, step: int, settings: TrainConfig = DEFAULTS) -> StepResult:
     """Algorithm 1 for the batch (`ids` [B], `x` [B, C, H, W]). `model` runs the forward pass: the
-    DDP wrapper of `acn`, or `acn` itself. Raises `NonFiniteError` before anything of a step
-    with NaN/Inf codes or loss reaches the code table or the weights."""
+    DDP wrapper of `acn`, or `acn` itself. `settings` gives the KL warm-up, free bits and gradient
+    clipping. Raises `NonFiniteError` before anything of a step with NaN/Inf codes or loss reaches
+    the code table or the weights."""
     started, waited_before = time.perf_counter(), lookup.wait_seconds
 
     # 2-4: encode x; write c(x), find KNN(x) and pick ĉ (the lookup); p(z|ĉ); z ~ q(z|x); decode
     _, losses = model(x, lambda code: lookup.neighbour_codes(ids, code, step))
-    loss = acn.training_loss(losses)
+    weight = kl_weight(step, settings.kl_warmup_steps)
+    loss = acn.training_loss(losses, weight, settings.free_bits)
     if not torch.isfinite(loss):
         raise NonFiniteError(f"step {step}: loss is {loss.item()}; the weights were not updated")
     forward_done = time.perf_counter()
 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(acn.parameters(), grad_clip)
+    if settings.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(acn.parameters(), settings.grad_clip)
     optimizer.step()
 
     store_wait = lookup.wait_seconds - waited_before
-    return StepResult(losses=losses, neighbour_staleness=lookup.staleness,
+    return StepResult(losses=losses, neighbour_staleness=lookup.staleness, kl_weight=weight,
                       forward_s=forward_done - started - store_wait, backward_s=time.perf_counter() - forward_done)
