@@ -124,13 +124,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def refuse(line: str) -> None:
-    """Print a refusal as the last line the user sees: a Ray this process joined is shut down
-    first, so the log lines its workers still forward come before it, not after."""
-    if "ray" in sys.modules:
-        import ray
+    """Print a refusal as the last line the user sees: a Ray the run joined is left first, so the
+    log lines its workers still forward come before it, not after (a Ray the caller of `main`
+    started is theirs, and stays)."""
+    if "acn_dist.train.cluster" in sys.modules:
+        from acn_dist.train.cluster import release
 
-        if ray.is_initialized():
-            ray.shutdown()
+        release()
     sys.stdout.flush()
     print(" ".join(line.split()), file=sys.stderr, flush=True)  # one line, whatever the message holds
 

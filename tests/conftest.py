@@ -54,11 +54,20 @@ def copy_dataset(tmp_path: Path):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A real local Ray instance for the whole session (4 logical CPUs on a 2-core CI machine)."""
+def _ray_session():
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, log_to_driver=False, namespace="acn_dist_tests")  # logical: 2 workers + store
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """A real local Ray instance shared by the session: 4 logical CPUs (2 workers + the store)
+    even on a 2-core CI machine; started again if a test left one with fewer behind."""
+    ray = _ray_session
+    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < 4:
+        ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, log_to_driver=False, namespace="acn_dist_tests")
+    return ray

@@ -127,3 +127,29 @@ def test_resolve_checkpoint_names_what_is_missing(tmp_path: Path) -> None:
         resolve_checkpoint(str(tmp_path), None)
     with pytest.raises(EvaluationError, match="--checkpoint"):
         resolve_checkpoint(None, load(None, []))
+
+
+def test_pixel_baselines_are_probed_on_the_models_own_input(sklearn_digits: Path) -> None:
+    from acn_dist.data.binarize import binarize
+    from acn_dist.evaluate.run import probe_table, split_tensors
+
+    binarised = load("jobs/configs/sklearn_digits.yaml", [f"data.root={sklearn_digits.parent}"])
+    ids, train_x, train_y, train_images = split_tensors(binarised, "train")
+    _, test_x, test_y, test_images = split_tensors(binarised, "test")
+    # the model's evaluation input: the fixed seeded binarisation of the raw images
+    np.testing.assert_array_equal(train_x.numpy()[:, 0], binarize(train_images, ids, "static", binarised.data.seed))
+    codes_train, codes_test = train_x.flatten(1).numpy()[:, :5], test_x.flatten(1).numpy()[:, :5]
+    rows = probe_table(binarised, codes_train, train_x, train_images, train_y, codes_test, test_x, test_images, test_y)
+    assert rows["input"] == "binarised"
+    expected = probe.linear_probe(train_x.flatten(1).numpy(), train_y, test_x.flatten(1).numpy(), test_y)
+    assert rows["linear_pixels_binarised"] == expected.accuracy
+    greyscale = probe.linear_probe(train_images.reshape(len(train_images), -1) / 255, train_y,
+                                   test_images.reshape(len(test_images), -1) / 255, test_y)
+    assert rows["linear_pixels_greyscale"] == greyscale.accuracy != expected.accuracy
+    # a greyscale model is compared with greyscale pixels only
+    grey = load("jobs/configs/sklearn_digits.yaml", [f"data.root={sklearn_digits.parent}", "data.binarize=none"])
+    _, grey_train, _, _ = split_tensors(grey, "train")
+    _, grey_test, _, _ = split_tensors(grey, "test")
+    rows = probe_table(grey, codes_train, grey_train, train_images, train_y, codes_test, grey_test, test_images, test_y)
+    assert rows["input"] == "greyscale" and rows["linear_pixels_greyscale"] == greyscale.accuracy
+    assert not any(key.endswith("_binarised") for key in rows)

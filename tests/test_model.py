@@ -132,3 +132,67 @@ def test_acn_refuses_to_run_without_neighbour_codes() -> None:
     acn = ACN(small_config(objective="acn"), (1, 8, 8))
     with pytest.raises(ValueError, match="neighbour codes"):
         acn(torch.zeros(1, 1, 8, 8))
+
+
+def test_kl_warmup_weight_follows_its_schedule() -> None:
+    from acn_dist.model.acn import kl_weight
+
+    assert [kl_weight(step, 4) for step in range(7)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert kl_weight(0, 0) == kl_weight(10**6, 0) == 1.0
+
+
+def test_free_bits_shape_the_training_loss_never_the_reported_code_length() -> None:
+    torch.manual_seed(0)
+    acn = ACN(small_config(objective="acn"), (1, 8, 8))
+    x = (torch.rand(16, 1, 8, 8) > 0.5).float()
+    neighbour = torch.randn(16, 4)
+    generator = torch.Generator().manual_seed(1)
+    code = acn.encode(x)
+    losses = acn.losses(x, code, neighbour, generator)
+    # the reported terms: the full KL, summed over dimensions, whatever free bits the loss uses
+    torch.testing.assert_close(losses.kl, losses.kl_per_dimension.sum(-1))
+    torch.testing.assert_close(losses.total, losses.kl + losses.reconstruction)
+    allowance = float(losses.kl_per_dimension.detach().mean(0).max()) + 1.0  # above every dimension's KL
+    plain = acn.training_loss(losses)
+    torch.testing.assert_close(plain, losses.total.mean() + losses.prior_fit.mean())
+    # every dimension under its allowance: the encoder feels only the reconstruction...
+    with_free_bits = acn.training_loss(losses, free_bits=allowance)
+    encoder_weight = next(acn.encoder.parameters())
+    (from_loss,) = torch.autograd.grad(with_free_bits, encoder_weight, retain_graph=True)
+    (from_reconstruction,) = torch.autograd.grad(losses.reconstruction.mean(), encoder_weight, retain_graph=True)
+    torch.testing.assert_close(from_loss, from_reconstruction)
+    # ...while the prior network still fits the KL
+    prior_weight = acn.prior.output.weight
+    (prior_grad,) = torch.autograd.grad(with_free_bits, prior_weight, retain_graph=True)
+    assert prior_grad.abs().sum() > 0
+    # and with no allowance at all the two losses agree
+    torch.testing.assert_close(acn.training_loss(losses, free_bits=1e-9), plain)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_discretised_logistic_is_a_distribution_over_the_256_values(channels: int) -> None:
+    from acn_dist.model.likelihoods import DiscretisedLogistic
+
+    torch.manual_seed(0)
+    likelihood = DiscretisedLogistic(channels, components=3)
+    raw = torch.randn(2, channels * 9, 1, 1) * 2
+    values = torch.arange(256.0).reshape(256, 1, 1, 1) / 255
+    log_probs = torch.stack([likelihood.log_probs(raw, v.expand(2, channels, 1, 1)) for v in values])
+    torch.testing.assert_close(log_probs.exp().sum(0), torch.ones(2, channels, 1, 1), atol=1e-4, rtol=0)
+    x = torch.randint(0, 256, (2, channels, 1, 1)).float() / 255
+    assert torch.all(likelihood.nats(raw, x) > 0)
+    sample = likelihood.sample(raw, torch.Generator().manual_seed(0))
+    assert sample.shape == (2, channels, 1, 1) and torch.equal(torch.round(sample * 255) / 255, sample)
+    mean = likelihood.mean(raw)
+    assert mean.shape == (2, channels, 1, 1) and torch.all((mean >= 0) & (mean <= 1))
+
+
+def test_residual_encoder_and_logistic_decoder_shapes() -> None:
+    config = from_dict({"model": {"encoder": "resnet", "code_size": 4, "hidden": 32, "channels": 4},
+                        "data": {"binarize": "none"}, "prior": {"hidden": 32, "components": 3}})
+    acn = ACN(config, (1, 28, 28))
+    x = torch.randint(0, 256, (3, 1, 28, 28)).float() / 255
+    code, losses = acn(x, lambda c: torch.randn(3, 4))
+    assert code.shape == (3, 4) and losses.reconstruction.shape == (3,)
+    assert acn.likelihood.parameters == 15  # 5 logistics x (weight, mean, scale)
+    assert 784 * 0.5 < float(losses.reconstruction.detach().mean()) < 784 * math.log(256) * 2

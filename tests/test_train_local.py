@@ -111,3 +111,46 @@ def test_running_again_with_the_same_run_id_resumes(sklearn_digits: Path, tmp_pa
     kept = (row_step >= 0) & (row_step < 10)
     assert kept.sum() > 0
     np.testing.assert_array_equal(final[kept], table_at_10[kept])
+
+
+def planted_store(size: int = 400, dim: int = 4) -> tuple[CodeStore, np.ndarray]:
+    """A table of N(0, 1) codes; data 7 and 300 will get codes far from all of them, close together."""
+    store = CodeStore(size, dim, k=1, seed=0)
+    return store, np.array([7, 300])
+
+
+def test_exact_lookup_finds_a_neighbour_written_in_the_same_step_never_itself() -> None:
+    store, ids = planted_store()
+    lookup = ExactLookup(LocalClient(store))
+    fresh = torch.tensor([[50.0, 50, 50, 50], [50.1, 50, 50, 50]])  # both far from every stored code
+    lookup.begin_batch(torch.from_numpy(ids), None, epoch=3)
+    neighbour = lookup.neighbour_codes(torch.from_numpy(ids), fresh, step=12)
+    # each datum's nearest is the other one, written in this very step; never itself
+    torch.testing.assert_close(neighbour, fresh.flip(0))
+    np.testing.assert_array_equal(store.table()[ids], fresh.numpy())
+    assert store.stats()["rows_ever_written"] == 2 and store.stats()["same_batch_share"] == 1.0
+    # excluding the batch, the planted pair cannot see each other: their neighbours are old codes
+    excluded = ExactLookup(LocalClient(store), exclude_batch=True)
+    far = excluded.neighbour_codes(torch.from_numpy(ids), fresh, step=13)
+    assert torch.all(far.abs() < 10)
+
+
+def test_prefetch_lookup_is_exact_while_warming_then_uses_stored_codes() -> None:
+    from acn_dist.train.lookup import PrefetchLookup
+
+    store, ids = planted_store()
+    lookup = PrefetchLookup(LocalClient(store), warm_epochs=1)
+    fresh = torch.tensor([[50.0, 50, 50, 50], [50.1, 50, 50, 50]])
+    lookup.begin_batch(torch.from_numpy(ids), None, epoch=0)  # warm start: exact
+    torch.testing.assert_close(lookup.neighbour_codes(torch.from_numpy(ids), fresh, step=1), fresh.flip(0))
+    moved = torch.tensor([[-50.0, 0, 0, 0], [-50.1, 0, 0, 0]])
+    lookup.begin_batch(torch.from_numpy(ids), None, epoch=1)  # asks with the stored codes (at +50)...
+    neighbour = lookup.neighbour_codes(torch.from_numpy(ids), moved, step=2)
+    torch.testing.assert_close(neighbour, fresh.flip(0))  # ...so it finds the pair as they were
+    np.testing.assert_array_equal(store.table()[ids], moved.numpy())  # and still writes the new codes
+
+
+def test_kl_weight_is_logged_following_its_warmup(sklearn_digits: Path, tmp_path: Path) -> None:
+    result = train_local(digits_config(sklearn_digits.parent, tmp_path, "warm", "train.max_steps=12",
+                                       "train.kl_warmup_steps=8"))
+    assert [row["kl_weight"] for row in result["history"]] == [min(1.0, step / 8) for step in range(12)]

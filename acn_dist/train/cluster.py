@@ -12,12 +12,15 @@ import ray
 from acn_dist.config import Config
 from acn_dist.errors import ClusterError
 
-__all__ = ["ClusterError", "check_reachable", "check_resources", "connect"]
+__all__ = ["ClusterError", "check_reachable", "check_resources", "connect", "release"]
+
+_started_here = False  # whether `connect` started the Ray instance this process is joined to
 
 
 def connect(config: Config) -> str:
     """Join the cluster at `cluster.address` / $RAY_ADDRESS, else start a local single-node Ray.
     Returns a description of where the run goes."""
+    global _started_here
     address = config.cluster.address or os.environ.get("RAY_ADDRESS", "")
     if ray.is_initialized():
         return "the Ray instance this process already joined"
@@ -29,6 +32,7 @@ def connect(config: Config) -> str:
             raise ClusterError(f"cannot join the Ray cluster at {address!r} (cluster.address or RAY_ADDRESS): "
                                f"{type(error).__name__}: {error}. Start it (`ray start --head`) or fix the "
                                "address; leave both empty for a local single-node Ray") from error
+        _started_here = True
         return f"the Ray cluster at {address}"
     physical = os.cpu_count() or 1
     if config.train.num_workers > physical and not config.cluster.num_cpus:
@@ -38,7 +42,17 @@ def connect(config: Config) -> str:
     needed = config.train.num_workers + config.codes.num_cpus
     ray.init(num_cpus=config.cluster.num_cpus or max(physical, needed), namespace=config.cluster.namespace,
              log_to_driver=True)  # with its dashboard: Ray Train's state API needs it
+    _started_here = True
     return "a local single-node Ray"
+
+
+def release() -> None:
+    """Leave the Ray instance `connect` joined or started; one this process was already joined to
+    (by its caller) is left alone."""
+    global _started_here
+    if _started_here and ray.is_initialized():
+        ray.shutdown()
+    _started_here = False
 
 
 DEFAULT_PORTS = {"ray": 10001, "tcp": 6379}  # the Ray client server; the GCS
