@@ -372,22 +372,13 @@ def test_too_many_ranks_for_the_shards(sklearn_digits: Path) -> None:
         ShardLoader(sklearn_digits, "train", 8, rank=0, world=8, workers=2)
 
 
-@pytest.mark.slow
-def test_ray_data_path_gives_the_same_batches(sklearn_digits: Path, ray_local) -> None:
-    from acn_dist.data.ray_data import iter_ray_batches, ray_dataset
+def test_retired_reader_key_still_loads_old_configs() -> None:
+    """Checkpoints saved with `data.reader: webdataset` load; asking for Ray Data is refused."""
+    from acn_dist.config import ConfigError, from_dict
 
-    rows = {}
-    for ids, x, labels in iter_ray_batches(ray_dataset(sklearn_digits, "test"), 50, "static", seed=4):
-        for i, image, label in zip(ids.tolist(), x, labels.tolist()):
-            rows[i] = (image, label)
-    reference = {}
-    for ids, x, labels in ShardLoader(sklearn_digits, "test", 50, binarization="static", seed=4).epoch(0):
-        for i, image, label in zip(ids.tolist(), x, labels.tolist()):
-            reference[i] = (image, label)
-    assert sorted(rows) == sorted(reference) and len(rows) == 360
-    for i, (image, label) in reference.items():
-        assert label == rows[i][1]
-        assert (image == rows[i][0]).all()
+    assert from_dict({"data": {"reader": "webdataset"}}).data.dataset == DataConfig().dataset
+    with pytest.raises(ConfigError, match="data.reader='ray-data': data.reader was removed"):
+        from_dict({"data": {"reader": "ray-data"}})
 
 
 def test_shards_are_class_mixed(mnist_digits: Path) -> None:

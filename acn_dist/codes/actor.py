@@ -21,11 +21,9 @@ passes the handle to its workers, reaches it.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,6 +35,7 @@ from acn_dist.config import CodesConfig
 from acn_dist.errors import AcnError, StoreError
 from acn_dist.runs.checkpoints import checkpoint_name
 from acn_dist.runs.folder import RunFolder
+from acn_dist.runs.storage import location, remove_tree
 
 NAMESPACE = "acn_dist"
 KEEP_SNAPSHOTS = 2
@@ -72,7 +71,7 @@ class CodeStoreActor:
         self.pending: list[_Query] = []
         self.flusher: asyncio.Task | None = None
         self.snapshotter: asyncio.Task | None = None
-        self.run = RunFolder(Path(run_folder)) if run_folder else None
+        self.run = RunFolder(location(run_folder)) if run_folder else None
         self.restored_from: str | None = None
         self.restored_step: int | None = None  # set by a restore; the next update measures what it rewound
         self.rewound_steps = 0
@@ -94,7 +93,7 @@ class CodeStoreActor:
             return
         self.store.snapshot(self.run.snapshots_dir / checkpoint_name(self.store.step))
         for _, old in [s for s in self.run.code_snapshots() if s[1].parent == self.run.snapshots_dir][:-KEEP_SNAPSHOTS]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
 
     async def _snapshot_on_schedule(self) -> None:
         while True:
@@ -106,7 +105,7 @@ class CodeStoreActor:
         if self.run is not None:
             for step, folder in self.run.code_snapshots():
                 if step > restored_step and folder.parent == self.run.snapshots_dir:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    remove_tree(folder)
 
     async def _run(self, call: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, call, *args)

@@ -9,13 +9,13 @@ count the seconds the training step spent waiting on the store.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from acn_dist.codes.store import CodeStore, Neighbours
 from acn_dist.errors import AcnError
+from acn_dist.runs.storage import absolute
 
 
 class PendingNeighbours(Protocol):
@@ -128,10 +128,10 @@ class RayClient:
 
     def snapshot(self, path: str) -> str:
         self.flush()
-        return self.wait(self.actor.snapshot.remote(str(Path(path).resolve())))
+        return self.wait(self.actor.snapshot.remote(absolute(path)))
 
     def restore(self, path: str) -> None:
-        self.wait(self.actor.restore.remote(str(Path(path).resolve())))
+        self.wait(self.actor.restore.remote(absolute(path)))
 
     def stats(self) -> dict[str, Any]:
         return self.wait(self.actor.stats.remote())

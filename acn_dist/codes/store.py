@@ -17,18 +17,18 @@ stays as it was.
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from acn_dist.codes.search import CPUExact, SearchBackend
 from acn_dist.errors import StoreError
-from acn_dist.runs.storage import atomic_folder
+from acn_dist.runs.storage import AnyPath, ObjectPath, atomic_folder, location
 
 SNAPSHOT_FORMAT = "acn_dist.codes/1"
 
@@ -77,6 +77,12 @@ def last_write_per_id(ids: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, n
         return ids, codes
     unique, last_from_end = np.unique(ids[::-1], return_index=True)
     return unique, codes[len(ids) - 1 - last_from_end]
+
+
+def load_array(path: AnyPath) -> np.ndarray:
+    """A `.npy` file, local or in object storage (read whole); never a pickle."""
+    source = io.BytesIO(path.read_bytes()) if isinstance(path, ObjectPath) else path
+    return np.load(source, allow_pickle=False)
 
 
 class CodeStore:
@@ -243,8 +249,9 @@ class CodeStore:
 
     # --- persistence --------------------------------------------------------------------------
 
-    def snapshot(self, path: str | Path) -> Path:
-        """Write the table, row steps and RNG to folder `path` atomically; returns the folder."""
+    def snapshot(self, path: str | AnyPath) -> AnyPath:
+        """Write the table, row steps and RNG to folder `path` (local or object storage, see
+        `acn_dist.runs.storage`) atomically; returns the folder."""
         with atomic_folder(path) as scratch:
             np.save(scratch / "table.npy", self.backend.table())
             np.save(scratch / "row_step.npy", self.row_step)
@@ -256,11 +263,11 @@ class CodeStore:
             }
             (scratch / "header.json").write_text(json.dumps(header))
         self.snapshot_step = self.step
-        return Path(path)
+        return location(path)
 
-    def restore(self, path: str | Path) -> None:
+    def restore(self, path: str | AnyPath) -> None:
         """Load a snapshot written by `snapshot`; refuses one of another shape."""
-        path = Path(path)
+        path = location(path)
         header_path = path / "header.json"
         if not header_path.is_file():
             raise StoreError(f"{path} is not a code-store snapshot (no header.json)")
@@ -272,12 +279,12 @@ class CodeStore:
                 f"{path}: snapshot is {header['size']} x {header['dim']}, this store is "
                 f"{self.size} x {self.dim}; it belongs to another dataset or code size"
             )
-        table = np.load(path / "table.npy")
+        table = load_array(path / "table.npy")
         if table.shape != (self.size, self.dim) or not np.isfinite(table).all():
             raise StoreError(f"{path / 'table.npy'}: damaged (shape {table.shape} or non-finite values)")
         self.backend.write(np.arange(self.size), table)
-        self.row_step = np.load(path / "row_step.npy")
-        self.used = np.load(path / "used.npy")
+        self.row_step = load_array(path / "row_step.npy")
+        self.used = load_array(path / "used.npy")
         self.used_count = int(self.used.sum())
         self.written = self.row_step >= 0
         self.step = self.snapshot_step = int(header["step"])

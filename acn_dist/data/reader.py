@@ -7,6 +7,9 @@
   uneven batch counts;
 - samples are shuffled with a seeded buffer; an epoch can start part-way (`skip=`) for resume;
 - every sample is checked against the manifest: bad data raises `DataError` naming shard and key.
+
+Shards in object storage are read whole with one request (`open_input_stream` of the folder's
+pyarrow filesystem), their sha256 checked on those very bytes, then decoded from memory.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from acn_dist.data.binarize import binarize
-from acn_dist.data.shards import DataError, check_shard_files, read_manifest, verify_shard
+from acn_dist.data.shards import (
+    DataError,
+    check_shard_files,
+    read_manifest,
+    verify_shard,
+    verify_shard_bytes,
+)
+from acn_dist.runs.storage import AnyPath, ObjectPath, location
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PICKLE_SUFFIXES = (".pyd", ".pickle", ".pkl")
@@ -40,8 +50,8 @@ class Shard:
     manifest: dict[str, Any] = field(compare=False, repr=False)
 
 
-def split_shards(folder: str | Path, split: str) -> tuple[dict[str, Any], list[Shard]]:
-    folder = Path(folder)
+def split_shards(folder: str | AnyPath, split: str) -> tuple[dict[str, Any], list[Shard]]:
+    folder = location(folder)
     manifest = read_manifest(folder)
     check_shard_files(folder, manifest)
     shards = [Shard(str(folder / s["name"]), s["count"], s["first_id"], s["sha256"], manifest)
@@ -103,14 +113,30 @@ def decode_sample(
     return sample_id, image, label
 
 
+def raw_samples(shard: Shard) -> Iterator[dict[str, Any]]:
+    """The raw webdataset samples of a shard whose checksum has been verified."""
+    where = location(shard.path)
+    if not isinstance(where, ObjectPath):
+        verify_shard(where, shard.sha256, shard.manifest)  # the first time this process opens it
+        return wds.tarfile_samples([{"url": shard.path}])
+    try:
+        data = where.read_bytes()
+    except OSError as error:
+        raise DataError(f"shard {where.name}: cannot be read from {where} ({error}); check that the object "
+                        "exists and the credentials (AWS_ACCESS_KEY_ID, ...) may read it") from None
+    verify_shard_bytes(where, data, shard.sha256, shard.manifest)
+    files = wds.tariterators.tar_file_expander([{"url": shard.path, "stream": io.BytesIO(data)}])
+    return wds.tariterators.group_by_keys(files)
+
+
 def read_shard(shard: Shard, image_shape: tuple[int, ...], labelled: bool) -> Iterator[tuple[int, np.ndarray, int]]:
     """All samples of one shard, in file order, each checked; the count must match the manifest,
-    and the file its checksum (verified the first time this process opens it)."""
+    and the file its checksum."""
     seen: set[int] = set()
     name = Path(shard.path).name
-    verify_shard(Path(shard.path), shard.sha256, shard.manifest)
+    samples = raw_samples(shard)
     try:
-        for sample in wds.tarfile_samples([{"url": shard.path}]):
+        for sample in samples:
             sample_id, image, label = decode_sample(sample, shard, image_shape, labelled)
             if sample_id in seen:
                 raise DataError(f"shard {name}, sample {sample['__key__']}: duplicate id {sample_id}")
@@ -196,7 +222,7 @@ class ShardLoader:
 
     def __init__(
         self,
-        folder: str | Path,
+        folder: str | AnyPath,
         split: str,
         batch_size: int,
         rank: int = 0,
@@ -212,7 +238,7 @@ class ShardLoader:
         self.manifest, self.shards = split_shards(folder, split)
         if len(self.shards) < world * max(workers, 1):
             raise DataError(
-                f"{Path(folder) / 'manifest.json'}: split {split!r} has {len(self.shards)} shards, fewer "
+                f"{location(folder) / 'manifest.json'}: split {split!r} has {len(self.shards)} shards, fewer "
                 f"than ranks x loader workers = {world} x {max(workers, 1)}; prepare with a smaller "
                 "data.shard_size or a larger data.shard_multiple"
             )

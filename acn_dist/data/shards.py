@@ -7,7 +7,9 @@ Layout of one dataset folder:
 A sample is `__key__` = zero-padded global id, `x.npy` = uint8 image, `cls` = label (when known).
 Each shard's size and sha256 are in the manifest; readers verify a shard's checksum the first
 time a process opens it, so flipped bytes are refused, naming the shard and the command that
-rebuilds the dataset. Samples are written in a seeded random order (a source may come sorted by class; a shuffle
+rebuilds the dataset. The folder may be local or in object storage (`data.root=s3://bucket/prefix`,
+see `acn_dist.runs.storage`): shards are then written locally and uploaded, the manifest last.
+Samples are written in a seeded random order (a source may come sorted by class; a shuffle
 buffer cannot undo shards that each hold one class), and ids follow the written order. Writing goes to a hidden temporary folder that is renamed into place at the end, so a crash never
 leaves a half dataset that looks complete.
 """
@@ -29,7 +31,7 @@ from tqdm import tqdm
 from acn_dist.config import DataConfig
 from acn_dist.data.sources import SourceData, load_source
 from acn_dist.errors import DataError
-from acn_dist.runs.storage import atomic_folder
+from acn_dist.runs.storage import AnyPath, ObjectPath, atomic_folder, check_bucket, location
 
 MANIFEST = "manifest.json"
 FORMAT = "acn_dist.shards/2"  # /2: a sha256 per shard, samples in a seeded random order
@@ -41,21 +43,21 @@ KEY_DIGITS = 10
 __all__ = ["DataError", "dataset_folder", "prepare", "read_manifest"]
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: AnyPath) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def rebuild_command(folder: Path, manifest: dict[str, Any]) -> str:
+def rebuild_command(folder: AnyPath, manifest: dict[str, Any]) -> str:
     """The command that writes this dataset again from its source, replacing the folder."""
     prepared = manifest.get("prepare_config", {})
     defaults = asdict(DataConfig())
     keys = [key for key in ("dataset", "source", "path", "shard_size", "shard_multiple", "synthetic_count",
                             "synthetic_size", "seed") if key in prepared and prepared[key] != defaults[key]]
-    settings = [f"data.root={Path(folder).resolve().parent}", *(f"data.{key}={prepared[key]}" for key in keys)]
+    settings = [f"data.root={location(folder).resolve().parent}", *(f"data.{key}={prepared[key]}" for key in keys)]
     return "acn-dist prepare --rebuild " + " ".join(f"--set {setting}" for setting in settings)
 
 
@@ -130,7 +132,7 @@ def _write_split(folder: Path, split: str, data: Any, id_start: int, config: Dat
     return shards, labelled
 
 
-def prepare(config: DataConfig, quiet: bool = False, verify: bool = False, rebuild: bool = False) -> Path:
+def prepare(config: DataConfig, quiet: bool = False, verify: bool = False, rebuild: bool = False) -> AnyPath:
     """Write `config.root/config.dataset` from the configured source; a matching dataset is kept
     (with `verify`, only once every shard's checksum has been checked).
 
@@ -139,6 +141,8 @@ def prepare(config: DataConfig, quiet: bool = False, verify: bool = False, rebui
     and replaces the folder in one rename, whatever it held.
     """
     target = dataset_folder(config)
+    if isinstance(target, ObjectPath):
+        check_bucket(target, "data.root")
     source = load_source(config)
     fingerprint = _fingerprint(config, source)
     if not rebuild and (target / MANIFEST).is_file():
@@ -184,9 +188,9 @@ def prepare(config: DataConfig, quiet: bool = False, verify: bool = False, rebui
 REQUIRED_KEYS = ("format", "dataset", "image_shape", "dtype", "num_classes", "splits")
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
+def read_manifest(folder: str | AnyPath) -> dict[str, Any]:
     """Load and check `folder/manifest.json`; errors name the file and the key at fault."""
-    path = Path(folder) / MANIFEST
+    path = location(folder) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path} is missing; run `acn-dist prepare` for this dataset first")
     try:
@@ -198,7 +202,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: missing keys {missing}; prepare the dataset again")
     if manifest["format"] != FORMAT:
         raise DataError(f"{path}: format {manifest['format']!r} is not {FORMAT!r} (written by another "
-                        f"version of acn_dist); write it again: {rebuild_command(Path(folder), manifest)}")
+                        f"version of acn_dist); write it again: {rebuild_command(location(folder), manifest)}")
     expected_start = 0
     for split in SPLITS:
         info = manifest["splits"].get(split)
@@ -216,10 +220,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def check_shard_files(folder: str | Path, manifest: dict[str, Any], checksums: bool = False) -> None:
+def check_shard_files(folder: str | AnyPath, manifest: dict[str, Any], checksums: bool = False) -> None:
     """Every shard named by the manifest exists with the recorded size (catches truncation) and,
     with `checksums`, the recorded sha256 (catches any change)."""
-    folder = Path(folder)
+    folder = location(folder)
     for split in SPLITS:
         for shard in manifest["splits"][split]["shards"]:
             path = folder / shard["name"]
@@ -237,19 +241,28 @@ def check_shard_files(folder: str | Path, manifest: dict[str, Any], checksums: b
 _VERIFIED: set[tuple[str, int, int]] = set()  # (path, size, mtime): shards this process has checked
 
 
-def verify_shard(path: Path, expected: str, manifest: dict[str, Any]) -> None:
+def verify_shard(path: AnyPath, expected: str, manifest: dict[str, Any]) -> None:
     """Refuse a shard whose sha256 differs from the manifest's; each file is hashed once per process
     (again only if it changes on disk)."""
     status = path.stat()
     key = (str(path), status.st_size, status.st_mtime_ns)
     if key in _VERIFIED:
         return
-    actual = sha256_file(path)
+    refuse_changed_shard(path, sha256_file(path), expected, manifest)
+    _VERIFIED.add(key)
+
+
+def verify_shard_bytes(path: AnyPath, data: bytes, expected: str, manifest: dict[str, Any]) -> None:
+    """Refuse a shard's bytes (read whole, from object storage) whose sha256 differs from the
+    manifest's: the very bytes that will be decoded are the ones checked."""
+    refuse_changed_shard(path, hashlib.sha256(data).hexdigest(), expected, manifest)
+
+
+def refuse_changed_shard(path: AnyPath, actual: str, expected: str, manifest: dict[str, Any]) -> None:
     if actual != expected:
         raise DataError(f"shard {path.name}: sha256 {actual[:16]}... differs from the manifest's {expected[:16]}... "
-                        f"(the file changed after prepare: damaged or replaced); write the dataset again: "
+                        f"(the file changed after prepare: damaged or replaced; {path}); write the dataset again: "
                         f"{rebuild_command(path.parent, manifest)}")
-    _VERIFIED.add(key)
 
 
 def dataset_identity(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -259,6 +272,7 @@ def dataset_identity(manifest: dict[str, Any]) -> dict[str, Any]:
             "fingerprint": manifest.get("fingerprint", "")}
 
 
-def dataset_folder(config: DataConfig) -> Path:
-    """Where a dataset's shards and manifest live: `data.root/data.dataset`."""
-    return Path(config.root) / config.dataset
+def dataset_folder(config: DataConfig) -> AnyPath:
+    """Where a dataset's shards and manifest live: `data.root/data.dataset` (a local folder or an
+    object-storage prefix)."""
+    return location(config.root) / config.dataset

@@ -9,7 +9,8 @@
         final_checkpoint.txt           the last checkpoint, when training finished
         eval/               metrics.json, report.md and figures of `acn-dist evaluate`
 
-Training, evaluation, export and the fault-injection tools all find these paths here.
+Training, evaluation, export and the fault-injection tools all find these paths here. The storage
+path may be a local folder or object storage (`s3://bucket/prefix`, see `acn_dist.runs.storage`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -25,7 +25,7 @@ import yaml
 from acn_dist.config import Config
 from acn_dist.errors import ConfigError, RunError
 from acn_dist.runs.checkpoints import PATTERN, latest_checkpoint, list_checkpoints, step_of
-from acn_dist.runs.storage import atomic_write_text
+from acn_dist.runs.storage import AnyPath, ObjectPath, atomic_write_text, check_bucket, location
 
 # Keys a resumed run must keep (None: the whole section): they decide the shapes of the model and
 # the code table, and which data the rows of the table are.
@@ -34,9 +34,14 @@ RESUME_FIXED: dict[str, tuple[str, ...] | None] = {
 }
 
 
-def check_writable(storage_path: str | Path) -> None:
-    """Refuse a storage path this process cannot create or write, without writing anything."""
-    path = Path(storage_path).resolve()
+def check_writable(storage_path: str | AnyPath) -> None:
+    """Refuse a storage path this process cannot create or write, without writing anything (object
+    storage: its bucket must exist and be reachable with the environment's credentials)."""
+    where = location(storage_path)
+    if isinstance(where, ObjectPath):
+        check_bucket(where, "train.storage_path")
+        return
+    path = where.resolve()
     existing = path
     while not existing.exists():
         existing = existing.parent
@@ -47,38 +52,38 @@ def check_writable(storage_path: str | Path) -> None:
 
 @dataclass(frozen=True)
 class RunFolder:
-    path: Path
+    path: AnyPath
 
     @classmethod
-    def at(cls, storage_path: str | Path, run_id: str) -> RunFolder:
-        return cls(Path(storage_path) / run_id)
+    def at(cls, storage_path: str | AnyPath, run_id: str) -> RunFolder:
+        return cls(location(storage_path) / run_id)
 
     @property
     def run_id(self) -> str:
         return self.path.name
 
     @property
-    def config_file(self) -> Path:
+    def config_file(self) -> AnyPath:
         return self.path / "config.yaml"
 
     @property
-    def metrics_file(self) -> Path:
+    def metrics_file(self) -> AnyPath:
         return self.path / "metrics.jsonl"
 
     @property
-    def lock_file(self) -> Path:
+    def lock_file(self) -> AnyPath:
         return self.path / "owner.json"
 
     @property
-    def final_pointer(self) -> Path:
+    def final_pointer(self) -> AnyPath:
         return self.path / "final_checkpoint.txt"
 
     @property
-    def snapshots_dir(self) -> Path:
+    def snapshots_dir(self) -> AnyPath:
         return self.path / "codes"
 
     @property
-    def eval_dir(self) -> Path:
+    def eval_dir(self) -> AnyPath:
         return self.path / "eval"
 
     def exists(self) -> bool:
@@ -86,16 +91,16 @@ class RunFolder:
 
     # --- checkpoints -------------------------------------------------------------------------
 
-    def checkpoints(self) -> list[Path]:
+    def checkpoints(self) -> list[AnyPath]:
         return list_checkpoints(self.path)
 
-    def latest_checkpoint(self) -> Path | None:
+    def latest_checkpoint(self) -> AnyPath | None:
         return latest_checkpoint(self.path)
 
-    def code_snapshots(self) -> list[tuple[int, Path]]:
+    def code_snapshots(self) -> list[tuple[int, AnyPath]]:
         """Every complete code-table snapshot of the run, (store step, folder), oldest first:
         the store's own ones and those inside checkpoints."""
-        found: list[tuple[int, Path]] = []
+        found: list[tuple[int, AnyPath]] = []
         if self.snapshots_dir.is_dir():
             for folder in self.snapshots_dir.iterdir():
                 if PATTERN.match(folder.name) and (folder / "header.json").is_file():
@@ -138,9 +143,14 @@ class RunFolder:
         return [json.loads(line) for line in self.metrics_file.read_text().splitlines() if line.strip()]
 
     def append_history(self, row: dict[str, Any]) -> None:
+        line = json.dumps(row) + "\n"
+        if isinstance(self.metrics_file, ObjectPath):  # no appends in object storage: rewrite it
+            before = self.metrics_file.read_text() if self.metrics_file.is_file() else ""
+            self.metrics_file.write_text(before + line)
+            return
         with open(self.metrics_file, "a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            handle.write(line)
 
-    def write_final_pointer(self, checkpoint: Path) -> Path:
-        return atomic_write_text(self.final_pointer, str(checkpoint.resolve()) + "\n")
+    def write_final_pointer(self, checkpoint: str | AnyPath) -> AnyPath:
+        return atomic_write_text(self.final_pointer, str(location(checkpoint).resolve()) + "\n")
 

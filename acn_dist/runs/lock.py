@@ -6,6 +6,15 @@ starts cannot both create it. A second start while the owner lives is refused wi
 naming the run and its owner. A lock whose owner died (kill -9, a lost machine) is taken over:
 on the owner's host when its process is gone; from any host when the owner stopped refreshing
 the lock's heartbeat for `stale_after_s` seconds. The owner releases the lock when it ends.
+
+In object storage (`train.storage_path=s3://...`) there is no atomic create-if-absent through
+pyarrow, so the lock is best effort: a starter writes `owner.json` only when none is there, waits
+`settle_s` and reads it back; it owns the run only if its own token is still there. Two starters
+whose check and write fall within `settle_s` of each other are caught (the later write wins, the
+earlier starter backs off); starts further apart see the first owner's lock. A dead owner's lock
+is deleted rather than renamed aside (no rename in object stores). What stays unprotected: two
+starters that both delete the same dead owner's lock and then both pass the settle window, which
+needs two starts of one run within about a second of each other after its owner died.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from acn_dist.errors import RunError
-from acn_dist.runs.storage import atomic_write_text, scratch_name
+from acn_dist.runs.storage import AnyPath, ObjectPath, atomic_write_text, scratch_name
 
 
 def process_start_ticks(pid: int) -> int | None:
@@ -72,7 +81,7 @@ class Owner:
         return time.time() - self.heartbeat > stale_after_s
 
 
-def read_owner(path: Path) -> Owner | None:
+def read_owner(path: AnyPath) -> Owner | None:
     try:
         return Owner(**json.loads(path.read_text()))
     except FileNotFoundError:
@@ -84,9 +93,10 @@ def read_owner(path: Path) -> Owner | None:
 class RunLock:
     """`with RunLock(folder, run_id):` holds the run for this process, or raises `RunError`."""
 
-    def __init__(self, path: Path, run_id: str, heartbeat_s: float = 10.0, stale_after_s: float = 60.0):
+    def __init__(self, path: AnyPath, run_id: str, heartbeat_s: float = 10.0, stale_after_s: float = 60.0,
+                 settle_s: float = 1.0):
         self.path, self.run_id = path, run_id
-        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
+        self.heartbeat_s, self.stale_after_s, self.settle_s = heartbeat_s, stale_after_s, settle_s
         self.owner: Owner | None = None
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
@@ -96,6 +106,8 @@ class RunLock:
         return self.owner.token if self.owner else ""
 
     def _create(self, owner: Owner) -> bool:
+        if isinstance(self.path, ObjectPath):
+            return self._create_in_object_store(owner)
         try:
             descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
@@ -105,6 +117,15 @@ class RunLock:
             handle.flush()
             os.fsync(handle.fileno())
         return True
+
+    def _create_in_object_store(self, owner: Owner) -> bool:
+        """Best-effort create-if-absent (see the module's docstring)."""
+        if self.path.exists():
+            return False
+        self.path.write_text(json.dumps(asdict(owner)))
+        time.sleep(self.settle_s)
+        holder = read_owner(self.path)
+        return holder is not None and holder.token == owner.token
 
     def _refusal(self, holder: Owner) -> RunError:
         return RunError(f"run {self.run_id!r} is already being trained by its owner ({holder.describe()}); "
@@ -133,7 +154,10 @@ class RunLock:
             # Take over from a dead owner: move its lock aside (only one starter's rename can
             # succeed), then create ours as usual.
             try:
-                os.replace(self.path, scratch_name(self.path, "dead-owner"))
+                if isinstance(self.path, ObjectPath):
+                    self.path.unlink()
+                else:
+                    os.replace(self.path, scratch_name(self.path, "dead-owner"))
             except FileNotFoundError:
                 pass
         raise RunError(f"run {self.run_id!r}: could not take the lock {self.path}; another start is racing this one")
