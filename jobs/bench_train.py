@@ -1,12 +1,29 @@
 """Training throughput: VAE vs ACN (prefetch and exact modes), same networks, data, batch, workers.
 
     python jobs/bench_train.py [--workers 2] [--steps 200] [--datasets fashion-mnist synthetic-1m]
+        [--variants vae acn-exact ...] [--table-rows 1000000] [--store-cpus 1]
+        [--store-costs bench_results/store_scale.json]
 
 For each dataset: samples/s of `vae`, `acn` prefetch and `acn` exact, the ratio ACN/VAE, and the
 per-step time breakdown (data, forward, store wait, backward+allreduce) of rank 0, from runs on
 a local Ray with the code-store actor. Prints and saves bench_results/train.json. Targets: ratio
 >= 0.97 at N = 60k (Fashion-MNIST) and >= 0.9 at N = 1M (synthetic). `acn-prefetch-ivf` uses the
 approximate (IVF) search backend, for tables too large for brute force on the store's CPUs.
+
+Prefetch variants set `codes.prefetch_warm_epochs=0`: a benchmark of a few hundred steps stays
+inside the first epoch, which the warm start would run in exact mode. The store actor gets
+`--store-cpus` CPUs of its own (`codes.num_cpus`, its faiss threads); Ray is started with enough
+logical CPUs for the workers and the store even where the machine has fewer cores.
+
+`--table-rows N` sizes the code table to N rows on any dataset (the rows beyond the training
+split are the initial N(0, 1) codes, never written: a 1M-row store without preparing 1M images;
+within a few hundred steps a real 1M run also writes only a few % of its rows).
+
+With `--store-costs` (the JSON of jobs/bench_store_scale.py --actor-size, measured on the store's
+own CPUs) the ratio is also derived for a store that does not share the trainer's CPUs: step time
+of the variant minus its measured store wait plus the store's own per-step cost of its mode and
+backend (exact: update + search round trip; prefetch: max(0, the store's per-step service time
+- the rest of the step)), VAE step time over that.
 """
 
 from __future__ import annotations
@@ -23,20 +40,54 @@ from acn_dist.train.driver import train
 
 CONFIGS = {"fashion-mnist": "jobs/configs/fashion_mnist.yaml", "synthetic-1m": "jobs/configs/synthetic_1m.yaml",
            "mnist-digits": "jobs/configs/mnist_digits.yaml"}
+PREFETCH = ["model.objective=acn", "codes.mode=prefetch", "codes.prefetch_warm_epochs=0"]
 VARIANTS = {"vae": ["model.objective=vae"],
-            "acn-prefetch": ["model.objective=acn", "codes.mode=prefetch"],
-            "acn-exact": ["model.objective=acn", "codes.mode=exact"],
-            "acn-prefetch-ivf": ["model.objective=acn", "codes.mode=prefetch", "codes.backend=ivf"]}
+            "acn-prefetch": [*PREFETCH, "codes.backend=cpu"],
+            "acn-exact": ["model.objective=acn", "codes.mode=exact", "codes.backend=cpu"],
+            "acn-prefetch-ivf": [*PREFETCH, "codes.backend=ivf"],
+            "acn-exact-ivf": ["model.objective=acn", "codes.mode=exact", "codes.backend=ivf"]}
 BREAKDOWN = ("data_ms", "forward_ms", "store_wait_ms", "backward_ms")
 
 
-def run(config_path: str, runs: str, root: str, workers: int, steps: int, name: str, extra: list[str]) -> dict:
+def run(config_path: str, runs: str, root: str, workers: int, steps: int, name: str, extra: list[str],
+        store_cpus: int = 1) -> dict:
     config = load(config_path, [*extra, f"train.num_workers={workers}", f"train.max_steps={steps}",
                                 f"train.run_id={name}", f"train.storage_path={runs}", f"data.root={root}",
-                                "train.log_every=20", "train.checkpoint_every=100000", "tracking.enabled=false"])
+                                f"codes.num_cpus={store_cpus}", f"cluster.num_cpus={workers + store_cpus + 1}",
+                                "codes.snapshot_every_s=0", "train.log_every=20", "train.checkpoint_every=100000",
+                                "tracking.enabled=false"])
     history = train(config)["history"][1:]  # the first window holds start-up
     return {"samples_per_s": float(np.median([row["samples_per_s"] for row in history])),
             **{key: float(np.median([row[key] for row in history])) for key in BREAKDOWN}}
+
+
+def pad_table(rows: int) -> None:
+    """Size the code table to at least `rows` rows whatever the dataset (see the module's doc)."""
+    from acn_dist.train import driver
+
+    preflight = driver.preflight
+    driver.preflight = lambda config: max(preflight(config), rows)
+
+
+def store_cost_ms(costs: list[dict], variant: str) -> float | None:
+    """The store's own per-step cost (median of the repeats) for the variant's mode and backend."""
+    backend = "ivf" if variant.endswith("-ivf") else "cpu"
+    mode = "prefetch" if "prefetch" in variant else "exact"
+    for row in costs:
+        if row.get("backend") == backend and "skipped" not in row:
+            return float(np.median(row[f"{mode}_ms_per_step"]))
+    return None
+
+
+def derived_ratio(rows: dict, variant: str, costs: list[dict], batch: int, workers: int) -> float | None:
+    """VAE/ACN step-time ratio with the measured store wait replaced by the store's own cost."""
+    cost = store_cost_ms(costs, variant)
+    if cost is None:
+        return None
+    step_ms = {name: 1000 * batch * max(workers, 1) / row["samples_per_s"] for name, row in rows.items()}
+    rest = step_ms[variant] - rows[variant]["store_wait_ms"]
+    wait = max(0.0, cost - rest) if "prefetch" in variant else cost
+    return step_ms["vae"] / (rest + wait)
 
 
 def prior_network_ms(batch: int = 128, code_size: int = 16, repeats: int = 50) -> float:
@@ -65,27 +116,44 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--datasets", nargs="+", default=["fashion-mnist", "synthetic-1m"], choices=sorted(CONFIGS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--table-rows", type=int, default=0, help="code-table rows (0 = the training split)")
+    parser.add_argument("--store-cpus", type=int, default=1, help="CPUs of the store actor (codes.num_cpus)")
+    parser.add_argument("--store-costs", help="JSON of bench_store_scale.py --actor-size (derives the ratio)")
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--root", default="data")
     parser.add_argument("--out", default="bench_results/train.json")
     args = parser.parse_args()
     figures: dict[str, dict] = {}
+    if args.table_rows:
+        pad_table(args.table_rows)
+    costs = json.loads(Path(args.store_costs).read_text())["actor"] if args.store_costs else []
+    variants = ["vae", *[v for v in args.variants if v != "vae"]]
     with tempfile.TemporaryDirectory() as runs:
         for dataset in args.datasets:
             rows = {variant: run(CONFIGS[dataset], runs, args.root, args.workers, args.steps,
-                                 f"bench-{dataset}-{variant}", extra) for variant, extra in VARIANTS.items()}
-            for variant in VARIANTS.keys() - {"vae"}:
+                                 f"bench-{dataset}-{variant}", [*VARIANTS[variant], f"train.batch_size={args.batch}"],
+                                 args.store_cpus) for variant in variants}
+            for variant in variants[1:]:
                 rows[variant]["ratio_to_vae"] = rows[variant]["samples_per_s"] / rows["vae"]["samples_per_s"]
+                if costs:
+                    rows[variant]["derived_ratio_own_cpus"] = derived_ratio(rows, variant, costs, args.batch,
+                                                                            args.workers)
             figures[dataset] = rows
             for variant, row in rows.items():
                 ratio = f" ratio to VAE {row['ratio_to_vae']:.3f}" if "ratio_to_vae" in row else ""
+                if row.get("derived_ratio_own_cpus") is not None:
+                    ratio += f" (store on its own CPUs: {row['derived_ratio_own_cpus']:.3f})"
                 print(f"{dataset:>14} {variant:>13}: {row['samples_per_s']:7.0f} samples/s{ratio} | per step: "
                       + " ".join(f"{key[:-3]} {row[key]:6.1f} ms" for key in BREAKDOWN), flush=True)
     prior_ms = prior_network_ms()
     print(f"prior network p(z|ĉ) forward+backward, batch 128, 1 thread: {prior_ms:.1f} ms/step "
           "(the ACN model's own extra work; the store's is the store_wait column)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"workers": args.workers, "steps": args.steps, "results": figures,
-                                          "prior_network_ms": prior_ms}, indent=1))
+    Path(args.out).write_text(json.dumps({"workers": args.workers, "steps": args.steps, "batch": args.batch,
+                                          "table_rows": args.table_rows, "store_cpus": args.store_cpus,
+                                          "store_costs": costs, "results": figures, "prior_network_ms": prior_ms},
+                                         indent=1))
     print(f"saved {args.out}")
 
 

@@ -63,7 +63,7 @@ def test_gpu_backend_without_a_gpu_says_what_to_do() -> None:
 def test_ivf_recall_is_high_and_follows_updates_and_rebuilds() -> None:
     table, queries = data(20_000)
     exact = CPUExact(table.copy())
-    ivf = IVFApproximate(table.copy(), lists=64, probe=16, rebuild_every=3000)
+    ivf = IVFApproximate(table.copy(), lists=64, probe=16, rebuild_every=3000, rebuild_imbalance=0)
     assert recall_at_k(exact.search(queries, 5)[1], ivf.search(queries, 5)[1]) > 0.9
     rng = np.random.default_rng(3)
     for _ in range(4):  # codes drift: 4 x 1000 rows moved, one rebuild on the way
@@ -76,6 +76,39 @@ def test_ivf_recall_is_high_and_follows_updates_and_rebuilds() -> None:
     assert recall_at_k(exact.search(queries, 5)[1], ivf.search(queries, 5)[1]) > 0.9
     found = ivf.search(moved[:20], 1)[1][:, 0]  # a moved row is found at its new place
     np.testing.assert_array_equal(found, rows[:20])
+
+
+def clustered_codes(size: int, dim: int = 16, centres: int = 300, seed: int = 0) -> np.ndarray:
+    """Codes like a trained model's: clusters on a 6-dim subspace, scale ~5, a little noise."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((dim, 6)))[0]
+    middle = 5 * rng.standard_normal((centres, 6))
+    low = middle[rng.integers(0, centres, size)] + rng.standard_normal((size, 6))
+    return (low @ basis.T + 0.1 * rng.standard_normal((size, dim))).astype(np.float32)
+
+
+def test_ivf_defaults_give_recall_above_0_9_on_clustered_codes() -> None:
+    size, codes = 40_000, clustered_codes(40_000)
+    store = build_store(CodesConfig(backend="ivf"), size, 16)  # the defaults, on the N(0, 1) table
+    store.update(np.arange(size), codes)  # a whole pass written: the quantiser is retrained on it
+    exact = CodeStore(size, 16, backend=CPUExact(codes.copy()))
+    ids = np.random.default_rng(1).choice(size, 500, replace=False)
+    truth = exact.nearest(ids, codes[ids], 5)[0]
+    found = store.nearest(ids, codes[ids], 5)[0]
+    assert recall_at_k(truth, found) >= 0.9
+
+
+def test_ivf_rebuilds_when_written_codes_unbalance_its_lists() -> None:
+    table = np.random.default_rng(0).standard_normal((20_000, 16), dtype=np.float32)
+    ivf = IVFApproximate(table, lists=256, probe=8, rebuild_every=1 << 40, rebuild_imbalance=4.0)
+    assert ivf.rebuilds == 1 and ivf.imbalance() < 2
+    codes = clustered_codes(20_000, seed=2) + 20  # trained codes far from the initial ones
+    rows = np.random.default_rng(3).permutation(20_000)
+    for start in range(0, 20_000, 1000):  # a pass of writes, in batches
+        ivf.write(rows[start:start + 1000], codes[rows[start:start + 1000]])
+    assert ivf.rebuilds >= 2 and ivf.imbalance() < 4.0
+    found = ivf.search(codes[:50], 1)[1][:, 0]  # every row is found at its new place
+    np.testing.assert_array_equal(found, np.arange(50))
 
 
 def test_store_on_ivf_backend_still_excludes_self() -> None:

@@ -19,7 +19,8 @@ def build_backend(config: CodesConfig, size: int, dim: int) -> SearchBackend:
         return CPUExact(table, threads=config.num_cpus, blas_threshold=config.blas_threshold)
     if config.backend == "ivf":
         return IVFApproximate(table, lists=config.ivf_lists, probe=config.ivf_probe,
-                              rebuild_every=config.ivf_rebuild_every or size, threads=config.num_cpus, seed=config.seed)
+                              rebuild_every=config.ivf_rebuild_every or size, threads=config.num_cpus, seed=config.seed,
+                              rebuild_imbalance=config.ivf_rebuild_imbalance, blas_threshold=config.blas_threshold)
     gpus = visible_gpus()
     if not gpus:
         raise StoreError("codes.backend=gpu but no CUDA device is visible to the code store: give it "
