@@ -6,32 +6,99 @@ training, artifacts. During distributed training the only writer of metrics is t
 `Tracker.ray_train_callback`, which runs on the Ray Train controller and logs rank 0's reports.
 
 The default store is a local SQLite file `mlflow.db` with artifacts under `mlartifacts/` (absolute
-paths, so every process agrees); any tracking URI by `tracking.uri` or `MLFLOW_TRACKING_URI`.
+paths, so every process agrees); any tracking URI by `tracking.uri` or `MLFLOW_TRACKING_URI`. With
+an `mlflow server` URI (http/https) artifacts go through the server into its artifact store
+(`--serve-artifacts --artifacts-destination ...`), never to a path on one node's disk. Under a Ray
+job the working directory is Ray's temporary copy: a store or artifact folder inside it is refused
+(`check_location`), so a run never vanishes with its job.
 An unreachable store warns and training goes on (`tracking.on_error=warn`) or stops (`stop`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from acn_dist.config import Config, TrackingConfig
 from acn_dist.errors import TrackingError
 
 RUN_TAG = "acn_dist.run_id"
 
-__all__ = ["TrackingError", "Tracker", "log_metrics"]
+__all__ = ["TrackingError", "Tracker", "check_location", "log_metrics", "ray_job", "tracking_uri"]
+
+
+SERVER_SCHEMES = ("http", "https", "databricks")  # stores that keep (or proxy) artifacts themselves
 
 
 def tracking_uri(config: TrackingConfig) -> str:
     return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
-def artifact_location(config: TrackingConfig) -> str:
-    return config.artifact_location or Path("mlartifacts").resolve().as_uri()
+def is_server(uri: str) -> bool:
+    return urlsplit(uri).scheme in SERVER_SCHEMES
+
+
+def artifact_location(config: TrackingConfig) -> str | None:
+    """Where a new experiment keeps artifacts: the configured location; for a tracking server,
+    None (the server's own store: `mlflow-artifacts:/` with `--serve-artifacts`); else a folder
+    beside the local store."""
+    if config.artifact_location:
+        return config.artifact_location
+    if is_server(tracking_uri(config)):
+        return None
+    return Path("mlartifacts").resolve().as_uri()
+
+
+def ray_job() -> str:
+    """The Ray job this process runs in, "" outside one: the submission id `ray job submit` gives
+    its entrypoint (in RAY_JOB_CONFIG_JSON_ENV_VAR), or RAY_JOB_ID in Ray's worker processes."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "")
+    if raw:
+        try:
+            metadata = json.loads(raw).get("metadata") or {}
+        except (ValueError, AttributeError):
+            metadata = {}
+        return str(metadata.get("job_submission_id") or "submitted with `ray job submit`")
+    return os.environ.get("RAY_JOB_ID", "")
+
+
+def local_path(uri: str | None) -> Path | None:
+    """The local file or folder a store or artifact URI names (sqlite, file, a plain path), else None."""
+    if not uri:
+        return None
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).resolve()
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        return Path(parts.path).resolve()
+    return Path(uri).resolve() if not parts.scheme else None
+
+
+def check_location(config: TrackingConfig) -> None:
+    """Refuse, before anything is written, an MLflow location that would vanish with its Ray job:
+    under `ray job submit` the working directory is Ray's temporary copy of `--working-dir`."""
+    job = ray_job()
+    if not config.enabled or not job:
+        return
+    if not (config.uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise TrackingError(
+            f"Ray job {job} has no MLflow tracking URI, and the default SQLite file would live in the job's "
+            "temporary working dir and vanish with it; set MLFLOW_TRACKING_URI (runtime env env_vars) or "
+            "tracking.uri to an `mlflow server` (http://HEAD:5000), or tracking.enabled=false")
+    workdir = Path.cwd().resolve()
+    for key, value in (("tracking.uri", tracking_uri(config)),
+                       ("tracking.artifact_location", artifact_location(config))):
+        path = local_path(value)
+        if path is not None and path.is_relative_to(workdir):
+            raise TrackingError(
+                f"{key}={value!r} is inside the temporary working dir of Ray job {job} ({workdir}), which "
+                "vanishes with the job; use an `mlflow server` URI (http://HEAD:5000) or an absolute path "
+                "on shared storage")
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -70,6 +137,12 @@ class Tracker:
 
             self.client = MlflowClient(tracking_uri=self.uri)
             experiment = self.client.get_experiment_by_name(self.config.experiment)
+        except Exception as error:  # noqa: BLE001  (any store failure: by config, warn or stop)
+            self._failure("opening the run", error)
+            return None
+        if experiment is not None:
+            self.refuse_local_artifacts(experiment.artifact_location)
+        try:
             experiment_id = (experiment.experiment_id if experiment else self.client.create_experiment(
                 self.config.experiment, artifact_location=artifact_location(self.config)))
             found = self.client.search_runs(
@@ -85,6 +158,16 @@ class Tracker:
         except Exception as error:  # noqa: BLE001  (any store failure: by config, warn or stop)
             self._failure("opening the run", error)
         return self.run_id
+
+    def refuse_local_artifacts(self, location: str) -> None:
+        """An experiment made earlier with artifacts on a local path would send this run's artifacts
+        to one node's disk, not through the tracking server: refuse it, naming the way out."""
+        if not is_server(self.uri) or self.config.artifact_location or local_path(location) is None:
+            return
+        raise TrackingError(
+            f"MLflow experiment {self.config.experiment!r} at {self.uri} keeps its artifacts at {location}, a "
+            "path on one machine, not in the server's artifact store; set tracking.experiment to a new name "
+            "(created with the server's store) or tracking.artifact_location to shared storage")
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -108,6 +191,19 @@ class Tracker:
             self.client.log_artifact(self.run_id, str(path), folder)
         except Exception as error:  # noqa: BLE001
             self._failure(f"logging artifact {path}", error)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """An artifact from memory (the config, checkpoint metadata): nothing needs to be on this
+        node's disk, so it works for object-storage run folders too."""
+        if not self.active:
+            return
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+        except Exception as error:  # noqa: BLE001
+            self._failure(f"logging artifact {artifact_file}", error)
+
+    def log_dict(self, values: dict[str, Any], artifact_file: str) -> None:
+        self.log_text(json.dumps(values, indent=2, sort_keys=True, default=str) + "\n", artifact_file)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:

@@ -12,7 +12,7 @@ import ray
 from acn_dist.config import Config
 from acn_dist.errors import ClusterError
 
-__all__ = ["ClusterError", "check_reachable", "check_resources", "connect", "release"]
+__all__ = ["ClusterError", "check_reachable", "check_resources", "connect", "live_nodes", "release"]
 
 _started_here = False  # whether `connect` started the Ray instance this process is joined to
 
@@ -80,16 +80,44 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                            ) from error
 
 
-def check_resources(config: Config) -> None:
-    """Refuse a run the cluster cannot host, instead of letting it wait forever for resources."""
-    total = ray.cluster_resources()
+def live_nodes() -> list[dict[str, float]]:
+    """The total resources of each live node of the cluster this process joined."""
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def check_resources(config: Config, nodes: list[dict[str, float]] | None = None) -> None:
+    """Refuse a run the cluster cannot host, instead of letting it wait forever for resources.
+
+    CPUs and GPUs are counted on the cluster's live nodes (`nodes`: each node's total resources,
+    by default read from Ray), never on this process's machine: a CPU head drives GPU workers.
+    Each Ray Train worker takes 1 CPU (and 1 GPU with `train.use_gpu`); the code-store actor takes
+    `codes.num_cpus` CPUs and, for `codes.backend=gpu`, `codes.num_gpus` GPUs, all on one node."""
+    nodes = live_nodes() if nodes is None else nodes
+    workers = config.train.num_workers
     store_cpus = config.codes.num_cpus if config.uses_code_table else 0
-    cpus_needed = config.train.num_workers + store_cpus
-    gpus_needed = (config.train.num_workers if config.train.use_gpu else 0) + (
-        config.codes.num_gpus if config.codes.backend == "gpu" else 0)
-    if cpus_needed > total.get("CPU", 0):
-        raise ClusterError(f"the run needs {cpus_needed} CPUs (train.num_workers={config.train.num_workers} + "
-                           f"codes.num_cpus={store_cpus}), the cluster has {total.get('CPU', 0):g}")
-    if gpus_needed > total.get("GPU", 0):
-        raise ClusterError(f"the run needs {gpus_needed} GPUs (train.use_gpu, codes.num_gpus), "
-                           f"the cluster has {total.get('GPU', 0):g}")
+    store_gpus = config.codes.num_gpus if config.uses_code_table and config.codes.backend == "gpu" else 0
+    worker_gpus = workers if config.train.use_gpu else 0
+    cpus = sum(node.get("CPU", 0) for node in nodes)
+    gpus = sum(node.get("GPU", 0) for node in nodes)
+    on = f"on its {len(nodes)} live node{'s' if len(nodes) != 1 else ''}"
+    if workers + store_cpus > cpus:
+        raise ClusterError(f"the run needs {workers + store_cpus} CPUs (train.num_workers={workers} + "
+                           f"codes.num_cpus={store_cpus}), the cluster has {cpus:g} {on}; lower them or add nodes")
+    if worker_gpus + store_gpus > gpus:
+        needs = " + ".join(part for part in (
+            f"{worker_gpus} for train.use_gpu=true with train.num_workers={workers}" if worker_gpus else "",
+            f"{store_gpus} for codes.backend=gpu with codes.num_gpus={store_gpus}" if store_gpus else "") if part)
+        raise ClusterError(f"the run needs {worker_gpus + store_gpus} GPUs ({needs}), the cluster has {gpus:g} {on}; "
+                           "add GPU nodes (an autoscaling cluster needs its GPU group's min_workers >= 1), or set "
+                           "train.use_gpu=false / codes.backend=cpu")
+    largest_gpus = max((node.get("GPU", 0) for node in nodes), default=0)
+    if store_gpus > largest_gpus:
+        raise ClusterError(f"codes.num_gpus={store_gpus}: the code-store actor needs {store_gpus} GPUs on one node, "
+                           f"the largest node of the cluster has {largest_gpus:g}; lower codes.num_gpus")
+    largest_cpus = max((node.get("CPU", 0) for node in nodes), default=0)
+    if store_cpus > largest_cpus:
+        raise ClusterError(f"codes.num_cpus={store_cpus}: the code-store actor needs {store_cpus} CPUs on one node, "
+                           f"the largest node of the cluster has {largest_cpus:g}; lower codes.num_cpus")
+    if config.cluster.placement_strategy == "STRICT_SPREAD" and workers > len(nodes):
+        raise ClusterError(f"cluster.placement_strategy=STRICT_SPREAD puts each of the {workers} workers "
+                           f"(train.num_workers) on its own node, the cluster has {len(nodes)}; use SPREAD or add nodes")

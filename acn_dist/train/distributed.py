@@ -146,7 +146,8 @@ def train_distributed(config: Config, train_size: int, where: str, owner: str = 
         TorchTrainer(
             worker_loop,
             train_loop_config={"config": config.to_dict(), "store_actor": actor},
-            scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu),
+            scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=config.train.use_gpu,
+                                         placement_strategy=config.cluster.placement_strategy),
             # Retries are ours (below): Ray Train's own would also retry a refusal.
             run_config=RunConfig(name=config.train.run_id, storage_path=config.train.storage_path,
                                  failure_config=FailureConfig(max_failures=0), callbacks=callbacks),

@@ -17,9 +17,11 @@ from acn_dist.codes.factory import build_store
 from acn_dist.config import Config, with_values
 from acn_dist.data.shards import prepare, read_manifest
 from acn_dist.errors import StoreError
+from acn_dist.runs.checkpoints import META
 from acn_dist.runs.folder import RunFolder, check_writable
 from acn_dist.runs.lock import RunLock
-from acn_dist.tracking import Tracker
+from acn_dist.runs.storage import absolute, location
+from acn_dist.tracking import Tracker, check_location
 from acn_dist.train.distributed import prepare_cluster, train_distributed
 from acn_dist.train.loop import Runtime, train_loop
 
@@ -30,11 +32,12 @@ def new_run_id(config: Config) -> str:
 
 def resolve(config: Config) -> Config:
     """The config every process of the run uses: a run id (generated when empty) and absolute
-    data and storage paths (Ray workers do not share the driver's working directory)."""
+    data and storage locations (Ray workers, on this node or another, do not share the driver's
+    working directory)."""
     return with_values(config, {
         "train.run_id": config.train.run_id or new_run_id(config),
-        "data.root": str(Path(config.data.root).resolve()),
-        "train.storage_path": str(Path(config.train.storage_path).resolve()),
+        "data.root": absolute(config.data.root),  # URIs (s3://...) as they are
+        "train.storage_path": absolute(config.train.storage_path),
     })
 
 
@@ -60,13 +63,27 @@ def train_local(config: Config, tracker: Tracker | None = None) -> dict[str, Any
 def preflight(config: Config) -> int:
     """Everything that can refuse the run, checked before anything of it is written: the storage
     path, the dataset (prepared when missing), `codes.k` against its size, a config that would not
-    fit the run being resumed, and (for Ray Train) the cluster. Returns the training split's size."""
+    fit the run being resumed, an MLflow location that would vanish with a Ray job, and (for Ray
+    Train) the cluster. Returns the training split's size."""
+    check_location(config.tracking)
     check_writable(config.train.storage_path)
     size = train_size(config)
     if config.uses_code_table and not 1 <= config.codes.k < size:
         raise StoreError(f"codes.k={config.codes.k} must be in 1..{size - 1}: the train split has {size} data")
     RunFolder.at(config.train.storage_path, config.train.run_id).refuse_incompatible(config)
     return size
+
+
+def log_checkpoint(tracker: Tracker, run: RunFolder, checkpoint: str) -> None:
+    """The final checkpoint's pointer in the run folder, and in MLflow its location (tag and
+    `final_checkpoint.txt`) and metadata (`checkpoint/meta.json`: step, epoch, config, data)."""
+    where = absolute(checkpoint)
+    run.write_final_pointer(where)
+    tracker.set_tags({"acn_dist.checkpoint": where})
+    tracker.log_text(where + "\n", "final_checkpoint.txt")
+    meta = location(where) / META
+    if meta.is_file():
+        tracker.log_text(meta.read_text(), f"checkpoint/{META}")
 
 
 def train(config: Config) -> dict[str, Any]:
@@ -83,7 +100,7 @@ def train(config: Config) -> dict[str, Any]:
         tracker = Tracker(config)
         tracker.start(config)
         run.write_config(config.to_yaml())
-        tracker.log_artifact(run.config_file)
+        tracker.log_text(config.to_yaml(), "config.yaml")
         status = "FAILED"
         try:
             if config.train.num_workers == 0:
@@ -91,9 +108,7 @@ def train(config: Config) -> dict[str, Any]:
             else:
                 result = train_distributed(config, size, where, owner=lock.token, tracker=tracker)
             if result.get("checkpoint"):
-                pointer = run.write_final_pointer(Path(result["checkpoint"]))
-                tracker.set_tags({"acn_dist.checkpoint": str(Path(result["checkpoint"]).resolve())})
-                tracker.log_artifact(pointer)
+                log_checkpoint(tracker, run, result["checkpoint"])
             status = "FINISHED"
         finally:
             tracker.finish(status)
