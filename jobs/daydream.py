@@ -1,7 +1,8 @@
 """`acn-dist daydream` as a script (also for `ray job submit`).
 
-    python jobs/daydream.py --checkpoint runs/RUN [--set eval.seed=1 ...]
-    python jobs/daydream.py --config jobs/configs/mnist_digits.yaml --set train.run_id=RUN
+    python jobs/daydream.py                              (the latest finished run under train.storage_path)
+    python jobs/daydream.py --run RUN [--set eval.seed=1 ...]
+    python jobs/daydream.py --checkpoint runs/RUN/checkpoints/step-000001000
 """
 
 import sys

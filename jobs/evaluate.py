@@ -1,7 +1,8 @@
 """`acn-dist evaluate` as a script (also for `ray job submit`).
 
-    python jobs/evaluate.py --checkpoint runs/RUN [--set eval.seed=1 ...]
-    python jobs/evaluate.py --config jobs/configs/mnist_digits.yaml --set train.run_id=RUN
+    python jobs/evaluate.py                              (the latest finished run under train.storage_path)
+    python jobs/evaluate.py --run RUN [--set eval.seed=1 ...]
+    python jobs/evaluate.py --checkpoint runs/RUN/checkpoints/step-000001000
 """
 
 import sys

@@ -112,14 +112,20 @@ def test_evaluation_writes_metrics_figures_and_is_deterministic(trained_checkpoi
     assert first["input"] == "binarised"
     assert first["ordered_count"] == first["train_count"]
     names = {Path(p).name for p in first["figures"]}
-    assert names == {"pca_test_codes.png", "reconstructions.png", "daydream.png", "prior_samples.png"}
+    assert names == {"pca_test_codes.png", "reconstructions.png", "daydream.png", "prior_samples.png",
+                     "test_neighbours.png"}
     import matplotlib.image
 
-    assert matplotlib.image.imread(tmp_path / "a" / "daydream.png").shape[:2] == (3 * 9 + 1, 4 * 9 + 1)
-    assert matplotlib.image.imread(tmp_path / "a" / "reconstructions.png").shape[:2] == (2 * 9 + 1, 8 * 9 + 1)
+    from acn_dist.evaluate.figures import scale_for
+
+    cell = 8 * scale_for(8) + 1  # an enlarged image and its gridline
+    height, width = matplotlib.image.imread(tmp_path / "a" / "daydream.png").shape[:2]
+    assert height > 2 * 3 * cell and width > 4 * cell  # 3 chains (means above samples) x 4 steps, labelled
+    height, width = matplotlib.image.imread(tmp_path / "a" / "reconstructions.png").shape[:2]
+    assert height > 3 * cell and width > 8 * cell  # data, decoder mean, sample x 8 images, labelled
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert saved["linear_codes"] == first["linear_codes"]
-    assert "| linear_codes |" in (tmp_path / "a" / "report.md").read_text()
+    assert "| Linear probe accuracy (codes) |" in (tmp_path / "a" / "report.md").read_text()
 
 
 def test_resolve_checkpoint_names_what_is_missing(tmp_path: Path) -> None:

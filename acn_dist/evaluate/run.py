@@ -2,7 +2,8 @@
 
 Codes (encoder means) of the train and test splits; the linear probe on codes vs pixels vs PCA-16
 and a k-NN probe; test-set compression and the ordered dataset bound; PCA of test codes,
-reconstructions, daydream chains and prior samples. Writes `metrics.json`, `report.md` and PNGs
+reconstructions (decoder means beside samples), daydream chains, prior samples and the nearest
+training data of test codes. Writes `metrics.json`, `report.md` and PNGs
 into `<run>/eval/` (or `--out`), and logs them into the training run's MLflow run.
 """
 
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
@@ -22,10 +24,15 @@ from acn_dist.data.reader import ShardLoader
 from acn_dist.data.shards import dataset_folder
 from acn_dist.errors import EvaluationError
 from acn_dist.evaluate import compression, figures, probe
+from acn_dist.evaluate.daydream import (
+    chains_with_means,
+    daydream_figure,
+    decode_with_mean,
+    prior_figure,
+    prior_means_and_samples,
+)
 from acn_dist.evaluate.loading import check_dataset, load_trained, resolve_checkpoint, with_settings
 from acn_dist.model.acn import ACN
-from acn_dist.model.networks import GatedPixelCNN
-from acn_dist.model.sampling import daydream, decode, prior_samples
 
 __all__ = ["EvaluationError", "evaluate", "resolve_checkpoint", "split_tensors"]
 
@@ -44,17 +51,6 @@ def split_tensors(config: Config, split: str) -> tuple[np.ndarray, torch.Tensor,
 @torch.no_grad()
 def encode_all(acn: ACN, x: torch.Tensor, batch_size: int) -> np.ndarray:
     return torch.cat([acn.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
-
-
-@torch.no_grad()
-def reconstructions(acn: ACN, x: torch.Tensor, generator: torch.Generator) -> np.ndarray:
-    """[2, n, C, H, W]: the images, and x ~ r(x|z = c) (the mean for independent-pixel decoders)."""
-    code = acn.encode(x)
-    if isinstance(acn.decoder, GatedPixelCNN):
-        rebuilt = decode(acn, code, generator)
-    else:
-        rebuilt = acn.likelihood.mean(acn.decoder(code))
-    return torch.stack([x, rebuilt]).numpy()
 
 
 def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: Config | None = None,
@@ -79,6 +75,7 @@ def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: C
                                "decoder": config.model.decoder, "dataset": config.data.dataset,
                                "train_count": len(train_x), "test_count": len(test_x)}
     if settings.probe:
+        metrics["knn_k"] = settings.knn_k
         metrics.update(probe_table(config, train_codes, train_x, train_images, train_y, test_codes, test_x,
                                    test_images, test_y))
     metrics.update(compression.test_set_compression(acn, train_codes, test_x, test_codes, config.codes.k,
@@ -89,7 +86,8 @@ def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: C
     metrics.update(bound)
     np.save(out / "ordering.npy", order)
     if figures_on:
-        metrics["figures"] = write_figures(acn, config, test_x, test_y, test_codes, out)
+        metrics["figures"] = write_figures(acn, config, test_x, test_y, test_codes, out,
+                                           (train_images, train_codes, test_images))
     metrics["eval_seconds"] = time.perf_counter() - started
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "report.md").write_text(report(metrics))
@@ -115,34 +113,98 @@ def probe_table(config: Config, train_codes: np.ndarray, train_x: torch.Tensor, 
     if not settings.baselines:
         return rows
     rows.update(probe.baseline_rows(kind, train_x.numpy(), train_y, test_x.numpy(), test_y, *args))
-    if kind == "binarised":
+    if kind == "binarised" and settings.greyscale_baselines:
         rows.update(probe.baseline_rows("greyscale", train_images.astype(np.float32) / 255, train_y,
                                         test_images.astype(np.float32) / 255, test_y, *args))
     return rows
 
 
 def write_figures(acn: ACN, config: Config, test_x: torch.Tensor, test_y: np.ndarray, test_codes: np.ndarray,
-                  out: Path) -> list[str]:
+                  out: Path, raw: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> list[str]:
+    """The evaluation's figures (PNG, enlarged, labelled) in `out`; returns their paths. With `raw`
+    = (train images uint8, train codes, test images uint8) also the nearest training data of test codes."""
     settings = config.eval
     generator = torch.Generator().manual_seed(settings.seed)
+    names = figures.class_names(config.data.dataset, max(int(test_y.max()) + 1, 10) if len(test_y) else 10)
+    model = f"{acn.objective.upper()} ({config.model.decoder} decoder) on {config.data.dataset}"
     picks = np.random.default_rng(settings.seed).choice(len(test_x), max(settings.daydream_chains, 8), replace=False)
+    shown = [figures.label_name(int(test_y[i]), names) for i in picks]
     written = [figures.pca_plot(test_codes, test_y, out / "pca_test_codes.png",
-                                f"{acn.objective.upper()} test codes, first two principal components")]
-    written.append(figures.save_grid(reconstructions(acn, test_x[picks[:8]], generator), out / "reconstructions.png"))
-    chains = daydream(acn, test_x[picks[:settings.daydream_chains]], settings.daydream_steps - 1, generator)
-    written.append(figures.save_grid(chains.transpose(0, 1).numpy(), out / "daydream.png"))
-    samples = prior_samples(acn, 64, generator).reshape(8, 8, *acn.image_shape)
-    written.append(figures.save_grid(samples.numpy(), out / "prior_samples.png"))
+                                f"{model}: test codes, first two principal components", names)]
+    mean, sample = decode_with_mean(acn, acn.encode(test_x[picks[:8]]), generator)
+    written.append(figures.labelled_grid(torch.stack([test_x[picks[:8]], mean, sample]).numpy(),
+                                         out / "reconstructions.png", f"{model}: reconstructions from z = code",
+                                         ["data", "decoder mean", "sample"], shown[:8]))
+    means, samples = chains_with_means(acn, test_x[picks[:settings.daydream_chains]], settings.daydream_steps - 1,
+                                       generator)
+    written.append(daydream_figure(means.numpy(), samples.numpy(), out / "daydream.png", f"{model}: daydream chains",
+                                   [f"#{i + 1} {name}:" for i, name in enumerate(shown)]))
+    means, samples = prior_means_and_samples(acn, 32, generator)
+    written.append(prior_figure(means.numpy(), samples.numpy(), out / "prior_samples.png",
+                                f"{model}: samples from the unconditional prior p(z)"))
+    if raw is not None:
+        train_images, train_codes, test_images = raw
+        written.append(neighbours_figure(test_images[picks[:8]], test_codes[picks[:8]], train_images, train_codes,
+                                         config.codes.k, shown[:8], out / "test_neighbours.png", model))
     return [str(path) for path in written]
 
 
+def neighbours_figure(images: np.ndarray, codes: np.ndarray, train_images: np.ndarray, train_codes: np.ndarray,
+                      k: int, names: list[str], path: Path, model: str) -> Path:
+    """Each test image (a row) beside its K nearest training data by code (Euclidean), shown as
+    the data are (greyscale), not as binarised model input."""
+    _, nearest = faiss.knn(np.ascontiguousarray(codes, np.float32), np.ascontiguousarray(train_codes, np.float32), k)
+    rows = np.concatenate([images[:, None], train_images[nearest]], axis=1).astype(np.float32) / 255
+    images = rows[:, :, None] if rows.ndim == 4 else rows.transpose(0, 1, 4, 2, 3)  # [Q, 1 + K, C, H, W]
+    return figures.labelled_grid(images, path, f"{model}: K nearest training data of test codes",
+                                 names, ["test image", *[f"neighbour {i + 1}" for i in range(k)]])
+
+
+# Human names of the measures in metrics.json (probe rows are named by `measure_name`).
+FEATURES = {"codes": "codes", "pixels_binarised": "binarised pixels", "pca16_binarised": "PCA-16 of binarised pixels",
+            "pixels_greyscale": "greyscale pixels", "pca16_greyscale": "PCA-16 of greyscale pixels"}
+MEASURES = {
+    "test_nats_per_image": "Test nats/image (KL + reconstruction)", "test_kl": "Test KL (nats/image)",
+    "test_reconstruction": "Test reconstruction (nats/image)", "test_bits_per_dim": "Test bits/dim",
+    "ordered_nats_per_image": "Ordered dataset bound (nats/image)", "ordered_kl": "Ordered bound KL (nats/image)",
+    "ordered_reconstruction": "Ordered bound reconstruction (nats/image)",
+    "ordered_bits_per_dim": "Ordered dataset bound (bits/dim)", "ordered_jumps": "Jumps in the ordering (count)",
+    "ordered_count": "Data in the ordered bound (count)", "eval_seconds": "Evaluation time (s)",
+}
+
+
+def measure_name(key: str, knn_k: int | None = None) -> str:
+    """"linear_codes" -> "Linear probe accuracy (codes)"; "test_kl" -> "Test KL (nats/image)"."""
+    probe_kind, _, features = key.partition("_")
+    if probe_kind in ("linear", "knn") and features in FEATURES:
+        what = "Linear probe accuracy" if probe_kind == "linear" else f"k-NN accuracy{f' (k={knn_k})' if knn_k else ''}"
+        return f"{what} ({FEATURES[features]})"
+    return MEASURES.get(key, key)
+
+
+def measure_value(key: str, metrics: dict[str, Any]) -> str:
+    """A measure as a person reads it: accuracies in %, counts whole, the rest to two decimals."""
+    value = metrics[key]
+    if key.startswith(("linear_", "knn_")):
+        converged = metrics.get(f"{key}_converged", True)
+        return f"{100 * value:.1f} %" + ("" if converged else " (solver did not converge)")
+    if key.endswith(("_count", "_jumps")):
+        return f"{value:,.0f}"
+    return f"{value:.2f}"
+
+
 def report(metrics: dict[str, Any]) -> str:
-    rows = [(key, value) for key, value in metrics.items() if isinstance(value, float)]
+    """report.md: what was evaluated, every measure by its human name, and the figures."""
+    rows = [key for key, value in metrics.items() if isinstance(value, float)]
     lines = [f"# Evaluation of {metrics['objective'].upper()} ({metrics['decoder']} decoder) on {metrics['dataset']}",
-             "", f"Checkpoint: `{metrics['checkpoint']}`", "", "| measure | value |", "|---|---|"]
-    lines += [f"| {key} | {value:.4f} |" for key, value in rows]
+             "", f"Checkpoint: `{metrics['checkpoint']}`", "",
+             f"{metrics['train_count']:,} training and {metrics['test_count']:,} test images; the model and the "
+             f"pixel baselines see {metrics.get('input', 'its')} images. Accuracies are on the test split; nats "
+             "are per test image (natural-log code length).", "", "| Measure | Value |", "|---|---|"]
+    lines += [f"| {measure_name(key, metrics.get('knn_k'))} | {measure_value(key, metrics)} |" for key in rows]
     if metrics.get("figures"):
-        lines += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in metrics["figures"]]]
+        lines += ["", "## Figures", ""]
+        lines += [f"![{Path(p).stem.replace('_', ' ')}]({Path(p).name})\n" for p in metrics["figures"]]
     return "\n".join(lines) + "\n"
 
 
