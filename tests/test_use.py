@@ -4,8 +4,8 @@ samples, readable figures, help and refusals of the `acn-dist` commands."""
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import shutil
 from pathlib import Path
 
