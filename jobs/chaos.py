@@ -4,7 +4,7 @@ against a clean run; then try every bad input of `tests/bad_inputs.py` through `
 report whether each was refused (exit code 2) with one line naming the culprit, and lost nothing.
 
     python jobs/chaos.py [--config jobs/configs/sklearn_digits.yaml] [--set key=value ...]
-                         [--out bench_results/chaos.json]
+                         [--out bench_results/chaos.json] [--bad-inputs-only]
 
 Then the load test: many concurrent clients (default 8 x 10,000 calls, updates and queries mixed)
 on one store actor: lost updates and latency percentiles.
@@ -47,7 +47,11 @@ def main() -> int:
     parser.add_argument("--out", default="bench_results/chaos.json")
     parser.add_argument("--load-clients", type=int, default=8)
     parser.add_argument("--load-calls", type=int, default=10_000, help="calls per client in the load test")
+    parser.add_argument("--bad-inputs-only", action="store_true",
+                        help="only the bad-input table (a few minutes; no training runs, no load test)")
     args = parser.parse_args()
+    if args.bad_inputs_only:
+        return bad_inputs_alone(args.out)
     stamp = time.strftime("%H%M%S")
     base = ["train.num_workers=2", "train.max_failures=2", "train.epochs=8", "train.checkpoint_every=20",
             "train.log_every=5", "tracking.enabled=false", f"train.storage_path={args.storage}", *args.overrides]
@@ -102,6 +106,16 @@ def main() -> int:
     print(f"saved {args.out}")
     healthy = all(r.survived for r in reports) and figures["rows_with_lost_update"] == 0
     return 0 if healthy and all(r.refused and r.clear and r.nothing_lost for r in bad_inputs) else 1
+
+
+def bad_inputs_alone(out: str) -> int:
+    with tempfile.TemporaryDirectory() as workspace:
+        bad_inputs = run_suite(Path(workspace))
+    print("\n" + bad_input_table(bad_inputs))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps({"bad_inputs": [r.row() for r in bad_inputs]}, indent=1))
+    print(f"saved {out}")
+    return 0 if all(r.refused and r.clear and r.nothing_lost for r in bad_inputs) else 1
 
 
 if __name__ == "__main__":

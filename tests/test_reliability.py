@@ -176,6 +176,7 @@ def test_killing_the_driver_and_running_again_resumes(sklearn_digits: Path, tmp_
 
 # --- load -----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # 8 Ray client actors: ~2.5 min; test_actor's concurrent test covers consistency in `make test`
 def test_store_under_many_concurrent_clients_loses_no_update(ray_local) -> None:
     figures = chaos.store_load(clients=8, calls=200, size=5000, dim=8, rows=32)
     assert figures["rows_with_lost_update"] == 0
