@@ -22,15 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from acn_dist.config import load  # noqa: E402
-from acn_dist.evaluate.loading import resolve_checkpoint  # noqa: E402
-from acn_dist.evaluate.run import evaluate  # noqa: E402
-from acn_dist.train.driver import train  # noqa: E402
+from paper_table import train_and_evaluate  # jobs/ is this script's folder
 
 STUDIES: dict[str, dict[str, list[str]]] = {
     "freshness": {
@@ -48,11 +42,11 @@ STUDIES: dict[str, dict[str, list[str]]] = {
     "collapse": {
         "acn-plain": ["model.objective=acn"],
         "acn-warmup": ["model.objective=acn", "train.kl_warmup_steps=1000"],
-        "acn-freebits": ["model.objective=acn", "train.free_bits=0.25"],
-        "acn-warmup-freebits": ["model.objective=acn", "train.kl_warmup_steps=1000", "train.free_bits=0.25"],
+        "acn-freebits": ["model.objective=acn", "train.free_bits=0.5"],
+        "acn-warmup-freebits": ["model.objective=acn", "train.kl_warmup_steps=1000", "train.free_bits=0.5"],
         "vae-plain": ["model.objective=vae"],
         "vae-warmup": ["model.objective=vae", "train.kl_warmup_steps=1000"],
-        "vae-freebits": ["model.objective=vae", "train.free_bits=0.25"],
+        "vae-freebits": ["model.objective=vae", "train.free_bits=0.5"],
     },
 }
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
@@ -63,24 +57,16 @@ def run_variant(config_path: str, study: str, variant: str, overrides: list[str]
     run_id = f"ablation-{study}-{Path(config_path).stem}-{variant}"
     settings = [*overrides, *extra, f"train.epochs={epochs}", "train.num_workers=0", f"train.run_id={run_id}",
                 f"train.storage_path={storage}", "train.checkpoint_every=1000000", "tracking.enabled=false"]
-    command = f"acn-dist train --config {config_path} " + " ".join(f"--set {s}" for s in settings)
-    print(f"\n== {study}/{variant}: {command}", flush=True)
-    started = time.perf_counter()
-    history = train(load(config_path, settings))["history"]
-    trained_s = time.perf_counter() - started
-    evaluation = load(config_path, [*settings, *EVALUATION])
-    metrics = evaluate(resolve_checkpoint(None, evaluation), overrides=evaluation, log=False, figures_on=False)
-    per_epoch = {}
-    for row in history:  # the last logged loss of every epoch: flat at the end = converged
-        per_epoch[int(row["epoch"])] = row["loss"]
+    print(f"\n== {study}/{variant}", flush=True)
+    run = train_and_evaluate(config_path, settings, EVALUATION, figures_on=False)
+    metrics, last = run["metrics"], run["last_window"]
     return {"study": study, "variant": variant, "config": config_path, "overrides": overrides, "epochs": epochs,
-            "command": command, "train_seconds": round(trained_s, 1),
-            "mean_samples_per_s": history[-1].get("mean_samples_per_s") if history else None,
+            "command": run["command"], "train_seconds": run["wall_s"],
+            "mean_samples_per_s": run["mean_samples_per_s"],
             "linear": metrics.get("linear_codes"), "linear_converged": metrics.get("linear_codes_converged"),
             "knn": metrics.get("knn_codes"), "nats": metrics["test_nats_per_image"], "kl": metrics["test_kl"],
-            "train_loss_by_epoch": [round(per_epoch[e], 2) for e in sorted(per_epoch)],
-            "same_batch_share": history[-1].get("same_batch_share") if history else None,
-            "staleness": history[-1].get("staleness") if history else None}
+            "train_loss_by_epoch": run["loss_by_epoch"], "same_batch_share": last.get("same_batch_share"),
+            "staleness": last.get("staleness")}
 
 
 def main() -> int:
