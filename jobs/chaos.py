@@ -90,9 +90,7 @@ def main() -> int:
     for report in reports:
         print(f"| {report.fault} | {'yes' if report.injected else '-'} | {'yes' if report.survived else 'NO'} | "
               f"{report.final_step} | {report.steps_redone} | {max(report.wall_s - clean_wall, 0):.0f} s |")
-    with tempfile.TemporaryDirectory() as workspace:
-        bad_inputs = run_suite(Path(workspace))
-    print("\n" + bad_input_table(bad_inputs))
+    bad_inputs = measure_bad_inputs()
     faults = [r for r in reports if r.injected]
     print("\n| | tried | survived / refused with a clear error | steps redone / anything lost |\n|---|---|---|---|")
     print(f"| faults injected | {len(faults)} | {sum(r.survived for r in faults)} | "
@@ -105,17 +103,27 @@ def main() -> int:
                                           "bad_inputs": [r.row() for r in bad_inputs]}, indent=1))
     print(f"saved {args.out}")
     healthy = all(r.survived for r in reports) and figures["rows_with_lost_update"] == 0
-    return 0 if healthy and all(r.refused and r.clear and r.nothing_lost for r in bad_inputs) else 1
+    return 0 if healthy and all_refused(bad_inputs) else 1
+
+
+def measure_bad_inputs() -> list:
+    """Every bad input of tests/bad_inputs.py through `acn-dist`, in a scratch workspace; prints the table."""
+    with tempfile.TemporaryDirectory() as workspace:
+        reports = run_suite(Path(workspace))
+    print("\n" + bad_input_table(reports))
+    return reports
+
+
+def all_refused(reports: list) -> bool:
+    return all(r.refused and r.clear and r.nothing_lost for r in reports)
 
 
 def bad_inputs_alone(out: str) -> int:
-    with tempfile.TemporaryDirectory() as workspace:
-        bad_inputs = run_suite(Path(workspace))
-    print("\n" + bad_input_table(bad_inputs))
+    bad_inputs = measure_bad_inputs()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps({"bad_inputs": [r.row() for r in bad_inputs]}, indent=1))
     print(f"saved {out}")
-    return 0 if all(r.refused and r.clear and r.nothing_lost for r in bad_inputs) else 1
+    return 0 if all_refused(bad_inputs) else 1
 
 
 if __name__ == "__main__":
