@@ -117,3 +117,20 @@ def test_store_on_ivf_backend_still_excludes_self() -> None:
     ids = np.arange(500)
     found = store.neighbours(ids)
     assert not np.any(found.ids == ids[:, None])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "ivf"])
+def test_a_store_in_the_training_process_leaves_torchs_threads_alone(backend: str) -> None:
+    """faiss and torch share OpenMP's thread count: a store built beside the training step must
+    not make the step single-threaded; only a store in its own process (the actor) sets it."""
+    import faiss
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        build_store(CodesConfig(backend=backend, ivf_lists=8), 2000, 8)
+        assert torch.get_num_threads() == 3
+        build_store(CodesConfig(backend=backend, ivf_lists=8), 2000, 8, threads=1)
+        assert faiss.omp_get_max_threads() == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -64,7 +64,7 @@ def split_neighbours(found: Neighbours, sizes: list[int]) -> list[Neighbours]:
 class CodeStoreActor:
     def __init__(self, size: int, dim: int, codes_config: dict[str, Any], run_folder: str | None = None):
         config = CodesConfig(**codes_config)
-        self.store: CodeStore = build_store(config, size, dim)
+        self.store: CodeStore = build_store(config, size, dim, threads=config.num_cpus)
         self.window = config.batch_window_ms / 1000
         self.snapshot_every = config.snapshot_every_s
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="code-store")

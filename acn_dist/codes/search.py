@@ -32,17 +32,22 @@ class SearchBackend(Protocol):
     def table(self) -> np.ndarray: ...
 
 
-def configure_faiss(threads: int, blas_threshold: int) -> None:
+def configure_faiss(threads: int | None, blas_threshold: int) -> None:
     """faiss picks its BLAS path only when nq*d >= the threshold (default 128000 in faiss 1.15);
-    the non-BLAS path is 6-8x slower here, so the threshold is set on purpose."""
-    faiss.omp_set_num_threads(max(1, threads))
+    the non-BLAS path is 6-8x slower here, so the threshold is set on purpose.
+
+    `threads` sets OpenMP's thread count, which faiss shares with torch in the same process
+    (`omp_set_num_threads(1)` there makes torch's training step single-threaded): only a store in
+    its own process (the Ray actor) sets it; None leaves the process's setting as it is."""
+    if threads is not None:
+        faiss.omp_set_num_threads(max(1, threads))
     faiss.cvar.distance_compute_blas_threshold = blas_threshold
 
 
 class CPUExact:
     """Brute force on a host numpy table with faiss (BLAS GEMM path): exact results."""
 
-    def __init__(self, table: np.ndarray, threads: int = 1, blas_threshold: int = 20):
+    def __init__(self, table: np.ndarray, threads: int | None = None, blas_threshold: int = 20):
         self._table = np.ascontiguousarray(table, dtype=np.float32)
         self.size, self.dim = self._table.shape
         configure_faiss(threads, blas_threshold)
@@ -166,7 +171,7 @@ class IVFApproximate:
     """
 
     def __init__(self, table: np.ndarray, lists: int = 4096, probe: int = 8, rebuild_every: int = 20000,
-                 threads: int = 1, seed: int = 0, train_per_list: int = 64, rebuild_imbalance: float = 4.0,
+                 threads: int | None = None, seed: int = 0, train_per_list: int = 64, rebuild_imbalance: float = 4.0,
                  blas_threshold: int = 20):
         self._table = np.ascontiguousarray(table, dtype=np.float32)
         self.size, self.dim = self._table.shape
