@@ -7,6 +7,7 @@ subprocess on a free port; endpoint and credentials reach pyarrow the standard w
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -167,3 +168,33 @@ def test_a_ray_train_worker_reads_and_checkpoints_through_the_bucket(s3, s3_digi
         assert f"runs/ray/checkpoints/step-000000020/{part}" in written
     assert any(key.startswith("runs/ray/codes/step-") and key.endswith("header.json") for key in written), \
         "the store actor's own snapshots go to the bucket too"
+
+
+def test_a_run_in_the_bucket_is_evaluated_exported_and_searched_from_there(s3, s3_digits: ObjectPath,
+                                                                           tmp_path) -> None:
+    """What a user does after training on a cluster, with the run and the data only in the bucket."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from acn_dist.cli import main
+
+    train(s3_config("used", "train.max_steps=10", "data.loader_workers=0"))
+    where = ["--set", f"train.storage_path=s3://{BUCKET}/runs", "--set", f"data.root=s3://{BUCKET}/data",
+             "--set", "tracking.enabled=false"]
+    assert main(["evaluate", "--run", "used", "--no-figures", *where]) == 0
+    metrics = json.loads(location(f"s3://{BUCKET}/runs/used/eval/metrics.json").read_text())
+    assert metrics["checkpoint"] == f"s3://{BUCKET}/runs/used/checkpoints/step-000000010"
+    assert 0 < metrics["knn_codes"] <= 1 and metrics["test_nats_per_image"] > 0
+    out = tmp_path / "codes.parquet"
+    assert main(["export", "--run", "used", "--out", str(out), *where]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows == 1797 and sorted(table.column("id").to_pylist()) == list(range(1797))
+    assert main(["export", "--run", "used", *where]) == 0  # default: beside the run, in the bucket
+    assert "runs/used/export/codes-step-000000010.parquet" in keys(s3, "runs/used/export/")
+    exported = location(f"s3://{BUCKET}/runs/used/export/codes-step-000000010.parquet").read_bytes()
+    assert pq.read_table(pa.BufferReader(exported)).equals(table)
+    assert main(["sample", "--run", "used", "--count", "8", "--steps", "2", "--from", "1500", *where]) == 0
+    assert {"runs/used/samples/prior_samples.png", "runs/used/samples/daydream.png",
+            "runs/used/samples/daydream.npy"} <= keys(s3, "runs/used/samples/")
+    assert main(["neighbours", "--run", "used", "--k", "3", "--out", str(tmp_path / "strip.png"), "12", *where]) == 0
+    assert (tmp_path / "strip.png").stat().st_size > 0

@@ -33,6 +33,7 @@ from acn_dist.evaluate.daydream import (
 )
 from acn_dist.evaluate.loading import check_dataset, load_trained, resolve_checkpoint, with_settings
 from acn_dist.model.acn import ACN
+from acn_dist.runs.storage import absolute, location, output_folder
 
 __all__ = ["EvaluationError", "evaluate", "resolve_checkpoint", "split_tensors"]
 
@@ -63,15 +64,27 @@ def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: C
     if overrides is not None:  # evaluation settings and data location may differ from training
         config = with_settings(config, overrides)
     check_dataset(trained, config, dataset)
+    destination = location(out) if out else location(checkpoint).parent.parent / "eval"
+    with output_folder(destination) as folder:  # a bucket's eval folder is filled locally, then uploaded
+        metrics = measure(acn, config, absolute(checkpoint), folder, figures_on)
+        if "figures" in metrics:
+            metrics["figures"] = [str(destination / Path(p).name) for p in metrics["figures"]]
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (folder / "report.md").write_text(report(metrics))
+        if log:
+            log_to_mlflow(config, metrics, folder)
+    return metrics
+
+
+def measure(acn: ACN, config: Config, checkpoint: str, out: Path, figures_on: bool) -> dict[str, Any]:
+    """Every figure of `evaluate` into `out` (ordering.npy, PNGs); returns the metrics."""
     settings = config.eval
-    out = Path(out) if out else Path(checkpoint).parent.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     _, train_x, train_y, train_images = split_tensors(config, "train")
     _, test_x, test_y, test_images = split_tensors(config, "test")
     train_codes = encode_all(acn, train_x, settings.batch_size)
     test_codes = encode_all(acn, test_x, settings.batch_size)
-    metrics: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "objective": acn.objective,
+    metrics: dict[str, Any] = {"checkpoint": checkpoint, "objective": acn.objective,
                                "decoder": config.model.decoder, "dataset": config.data.dataset,
                                "train_count": len(train_x), "test_count": len(test_x)}
     if settings.probe:
@@ -89,10 +102,6 @@ def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: C
         metrics["figures"] = write_figures(acn, config, test_x, test_y, test_codes, out,
                                            (train_images, train_codes, test_images))
     metrics["eval_seconds"] = time.perf_counter() - started
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "report.md").write_text(report(metrics))
-    if log:
-        log_to_mlflow(config, metrics, out)
     return metrics
 
 

@@ -255,6 +255,20 @@ def staged_upload(target: ObjectPath) -> Iterator[Path]:
         upload_folder(Path(scratch), target)
 
 
+@contextmanager
+def output_folder(target: str | Path | ObjectPath) -> Iterator[Path]:
+    """A local folder for a command's outputs (evaluation, export): `target` itself when it is
+    local (created if missing); for object storage a staging folder whose files are uploaded under
+    `target` when the block ends without error."""
+    where = location(target)
+    if isinstance(where, ObjectPath):
+        with staged_upload(where) as scratch:
+            yield scratch
+    else:
+        where.mkdir(parents=True, exist_ok=True)
+        yield where
+
+
 def scratch_name(target: Path, tag: str = "tmp") -> Path:
     """A hidden name beside `target`, unique to this process and moment."""
     return target.parent / f".{target.name}.{tag}-{os.getpid()}-{time.monotonic_ns()}"

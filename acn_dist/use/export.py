@@ -13,7 +13,9 @@ one shard plus one row group whatever the dataset's size, and it appears only wh
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 from acn_dist.codes.store import load_array
 from acn_dist.data.reader import read_shard, split_shards
 from acn_dist.errors import EvaluationError
-from acn_dist.runs.storage import scratch_name
+from acn_dist.runs.storage import AnyPath, ObjectPath, location, scratch_name
 from acn_dist.use.trained import SPLITS, TrainedRun, output_path
 
 ROW_GROUP_SIZE = 65_536
@@ -49,7 +51,7 @@ def record_batch(ids: np.ndarray, split: str, labels: np.ndarray, codes: np.ndar
 
 @dataclass(frozen=True)
 class ExportSummary:
-    path: Path
+    path: AnyPath
     rows: int
     row_groups: int
     bytes: int
@@ -87,11 +89,16 @@ def batches(run: TrainedRun, layout: pa.Schema) -> Iterator[pa.RecordBatch]:
             yield record_batch(ids, split, labels, codes, layout)
 
 
-def export_codes(run: TrainedRun, out: str | Path, row_group_size: int = ROW_GROUP_SIZE) -> ExportSummary:
-    """Write every datum's code to `out` (Parquet); returns what was written."""
+def export_codes(run: TrainedRun, out: str | AnyPath, row_group_size: int = ROW_GROUP_SIZE) -> ExportSummary:
+    """Write every datum's code to `out` (Parquet, a local path or a URI); returns what was written."""
     if row_group_size < 1:
         raise EvaluationError(f"--row-group-size {row_group_size}: must be at least 1")
-    out = Path(out)
+    out = location(out)
+    if isinstance(out, ObjectPath):  # written locally, then one upload (a PUT: the object appears whole)
+        with tempfile.TemporaryDirectory(prefix="acn-export-") as scratch:
+            summary = export_codes(run, Path(scratch) / out.name, row_group_size)
+            out.upload(summary.path)
+        return dataclasses.replace(summary, path=out)
     source = ("code-table snapshot of the checkpoint" if train_table(run) is not None
               else "encoded by the model (the run keeps no code table)")
     layout = schema(run.acn.code_size, {
@@ -125,7 +132,7 @@ def export_codes(run: TrainedRun, out: str | Path, row_group_size: int = ROW_GRO
     return ExportSummary(out, rows, groups, out.stat().st_size, source)
 
 
-def default_path(run: TrainedRun, given: str = "") -> Path:
+def default_path(run: TrainedRun, given: str = "") -> AnyPath:
     """`given`, else <run>/export/codes-step-<step>.parquet."""
     return output_path(run, given, f"export/codes-step-{run.step:09d}.parquet")
 

@@ -21,6 +21,7 @@ from acn_dist.evaluate.daydream import (
     prior_means_and_samples,
 )
 from acn_dist.evaluate.figures import label_name
+from acn_dist.runs.storage import AnyPath, output_folder
 from acn_dist.use.trained import Query, TrainedRun
 
 
@@ -58,22 +59,22 @@ def daydream_png(run: TrainedRun, x: torch.Tensor, names: list[str], steps: int,
                            f"{model_title(run)}: daydream chains", names)
 
 
-def sample(run: TrainedRun, out: Path, count: int, queries: list[Query], steps: int, seed: int,
-           resize: bool = False) -> list[Path]:
+def sample(run: TrainedRun, out: AnyPath, count: int, queries: list[Query], steps: int, seed: int,
+           resize: bool = False) -> list[AnyPath]:
     """Prior samples, and daydream chains from `queries` when any; returns the PNGs written. Every
     query is checked (ids, files) before anything is written."""
     if count < 0 or steps < 1:
         raise EvaluationError(f"--count {count} / --steps {steps}: give a count >= 0 and at least 1 step")
     chains = run.query_images(queries, resize) if queries else None
-    out.mkdir(parents=True, exist_ok=True)
-    written = [prior_samples_png(run, count, seed, out)] if count else []
-    if chains is not None:
-        _, x, labels = chains
-        written.append(daydream_png(run, x, chain_names(run, queries, labels), steps, seed, out))
-    return written
+    with output_folder(out) as folder:
+        written = [prior_samples_png(run, count, seed, folder)] if count else []
+        if chains is not None:
+            _, x, labels = chains
+            written.append(daydream_png(run, x, chain_names(run, queries, labels), steps, seed, folder))
+    return [out / path.name for path in written]
 
 
-def daydream_from_test(run: TrainedRun, out: Path) -> Path:
+def daydream_from_test(run: TrainedRun, out: AnyPath) -> AnyPath:
     """`eval.daydream_chains` chains of `eval.daydream_steps` images (the real one first) from
     random test images, seeded by `eval.seed`."""
     settings = run.config.eval
@@ -82,5 +83,7 @@ def daydream_from_test(run: TrainedRun, out: Path) -> Path:
     picks = np.random.default_rng(settings.seed).choice(test["count"], count, replace=False) + test["id_start"]
     queries = [Query(str(i), datum_id=int(i)) for i in picks]
     _, x, labels = run.query_images(queries)
-    out.mkdir(parents=True, exist_ok=True)
-    return daydream_png(run, x, chain_names(run, queries, labels), settings.daydream_steps - 1, settings.seed, out)
+    with output_folder(out) as folder:
+        written = daydream_png(run, x, chain_names(run, queries, labels), settings.daydream_steps - 1,
+                               settings.seed, folder)
+    return out / written.name

@@ -24,6 +24,7 @@ from acn_dist.data.shards import dataset_folder, read_manifest
 from acn_dist.errors import EvaluationError
 from acn_dist.evaluate.figures import class_names
 from acn_dist.evaluate.loading import Trained, check_dataset, load_trained
+from acn_dist.runs.storage import AnyPath, location
 from acn_dist.use.runs import Chosen
 
 SPLITS = ("train", "test")
@@ -166,15 +167,9 @@ class TrainedRun:
         return np.stack(raws), torch.cat(xs), np.asarray(labels, dtype=np.int64)
 
 
-def output_path(run: TrainedRun, given: str, default: str) -> Path:
-    """Where a command writes: `given`, else `default` inside the run folder (local runs only)."""
-    if given:
-        return Path(given)
-    run_folder = run.chosen.checkpoint.parent.parent
-    if not isinstance(run_folder, Path):
-        raise EvaluationError(f"run {run.run_id!r} lives in object storage ({run_folder}): say where to write "
-                              "with --out (a local path)")
-    return run_folder / default
+def output_path(run: TrainedRun, given: str, default: str) -> AnyPath:
+    """Where a command writes: `given`, else `default` inside the run folder (local or in the bucket)."""
+    return location(given) if given else run.chosen.checkpoint.parent.parent / default
 
 
 def read_image_file(path: Path, shape: tuple[int, int, int], resize: bool, run_id: str = "") -> np.ndarray:
