@@ -31,7 +31,7 @@ from acn_dist.evaluate.run import evaluate  # noqa: E402
 from acn_dist.train.driver import train  # noqa: E402
 
 # Budgets on a 2-core CPU machine (no GPU lent): mnist-digits/deconv 30 epochs (loss flat), Fashion-MNIST
-# 10 epochs (greyscale, discretised logistic; ~45 min per model), mnist-digits/PixelCNN 3 epochs with the
+# 10 epochs (greyscale, discretised logistic, residual encoder; ~40-70 min per model), mnist-digits/PixelCNN 3 epochs with the
 # KL warm-up over the first 120 of 189 steps (~65 samples/s at best, ~15 beside other jobs). The Fashion-MNIST PixelCNN row is left to a GPU:
 # `--rows fashion-mnist/pixelcnn`.
 ROWS: dict[str, tuple[str, list[str], list[str]]] = {
