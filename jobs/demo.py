@@ -27,8 +27,8 @@ from acn_dist.evaluate.run import evaluate  # noqa: E402
 from acn_dist.train.driver import train  # noqa: E402
 from acn_dist.use.summary import results, where_to_look  # noqa: E402
 
-# 11.2 minutes measured on a 2-core machine (2026-12-03): 5.8 minutes to start Ray and MLflow and train
-# (greyscale Fashion-MNIST, exact Algorithm 1, 2 workers, 378 samples/s), then 5.4 minutes of
+# 18.4 minutes measured on a 2-core machine (2026-12-03): 11.3 minutes to start Ray and MLflow and train
+# (greyscale Fashion-MNIST, residual encoder, exact Algorithm 1, 2 workers, 187 samples/s), then ~7 minutes of
 # evaluation (codes of all 70,000 images, probes of the codes and of the pixels the model sees,
 # test nats/image, the ordered bound over 10,000 training data, figures).
 BUDGET = {"jobs/configs/fashion_mnist.yaml": ["train.epochs=2", "eval.ordered_limit=10000",
