@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 from acn_dist.codes.store import load_array
 from acn_dist.data.reader import read_shard, split_shards
 from acn_dist.errors import EvaluationError
-from acn_dist.runs.storage import AnyPath, ObjectPath, location, scratch_name
+from acn_dist.runs.storage import AnyPath, location, output_folder, scratch_name
 from acn_dist.use.trained import SPLITS, TrainedRun, output_path
 
 ROW_GROUP_SIZE = 65_536
@@ -94,11 +93,13 @@ def export_codes(run: TrainedRun, out: str | AnyPath, row_group_size: int = ROW_
     if row_group_size < 1:
         raise EvaluationError(f"--row-group-size {row_group_size}: must be at least 1")
     out = location(out)
-    if isinstance(out, ObjectPath):  # written locally, then one upload (a PUT: the object appears whole)
-        with tempfile.TemporaryDirectory(prefix="acn-export-") as scratch:
-            summary = export_codes(run, Path(scratch) / out.name, row_group_size)
-            out.upload(summary.path)
-        return dataclasses.replace(summary, path=out)
+    with output_folder(out.parent) as folder:  # object storage: written locally, uploaded whole at the end
+        summary = write_parquet(run, folder / out.name, row_group_size)
+    return dataclasses.replace(summary, path=out)
+
+
+def write_parquet(run: TrainedRun, out: Path, row_group_size: int) -> ExportSummary:
+    """The Parquet file at the local path `out`, appearing only when complete."""
     source = ("code-table snapshot of the checkpoint" if train_table(run) is not None
               else "encoded by the model (the run keeps no code table)")
     layout = schema(run.acn.code_size, {
@@ -106,7 +107,6 @@ def export_codes(run: TrainedRun, out: str | AnyPath, row_group_size: int = ROW_
         "acn_dist.dataset": run.config.data.dataset, "acn_dist.code_size": str(run.acn.code_size),
         "acn_dist.objective": run.acn.objective, "acn_dist.train_codes": source,
         "acn_dist.test_codes": "encoded by the model (encoder means)"})
-    out.parent.mkdir(parents=True, exist_ok=True)
     scratch = scratch_name(out)
     rows = 0
     try:
