@@ -109,7 +109,7 @@ def test_shapes_nats_and_no_gradient_into_neighbour_code(encoder: str, decoder: 
     acn = ACN(small_config(objective="acn", encoder=encoder, decoder=decoder), (1, 28, 28))
     x = (torch.rand(5, 1, 28, 28) > 0.5).float()
     neighbour = torch.randn(5, 4, requires_grad=True)
-    code, losses = acn(x, lambda c: neighbour)
+    code, losses = acn(x, lambda c: lambda: neighbour)
     assert code.shape == (5, 4)
     for term in (losses.total, losses.kl, losses.reconstruction, losses.prior_fit):
         assert term.shape == (5,)
@@ -187,12 +187,35 @@ def test_discretised_logistic_is_a_distribution_over_the_256_values(channels: in
     assert mean.shape == (2, channels, 1, 1) and torch.all((mean >= 0) & (mean <= 1))
 
 
+def test_the_forward_pass_decodes_before_it_waits_for_the_neighbour_code() -> None:
+    """The store's search overlaps the decoder: the wait for ĉ comes after decoding, and the
+    losses are those of the same batch computed with ĉ at hand."""
+    torch.manual_seed(0)
+    acn = ACN(small_config(objective="acn"), (1, 8, 8))
+    x = (torch.rand(6, 1, 8, 8) > 0.5).float()
+    neighbour = torch.randn(6, 4)
+    events: list[str] = []
+    acn.decoder.register_forward_hook(lambda *_: events.append("decoded"))
+
+    def ask(code: torch.Tensor):
+        events.append("asked")
+        return lambda: events.append("waited") or neighbour
+
+    torch.manual_seed(1)
+    code, deferred = acn(x, ask)
+    assert events == ["asked", "decoded", "waited"]
+    torch.manual_seed(1)
+    direct = acn.losses(x, acn.encode(x), neighbour)
+    for name in ("total", "kl", "reconstruction", "prior_fit"):
+        torch.testing.assert_close(getattr(deferred, name), getattr(direct, name))
+
+
 def test_residual_encoder_and_logistic_decoder_shapes() -> None:
     config = from_dict({"model": {"encoder": "resnet", "code_size": 4, "hidden": 32, "channels": 4},
                         "data": {"binarize": "none"}, "prior": {"hidden": 32, "components": 3}})
     acn = ACN(config, (1, 28, 28))
     x = torch.randint(0, 256, (3, 1, 28, 28)).float() / 255
-    code, losses = acn(x, lambda c: torch.randn(3, 4))
+    code, losses = acn(x, lambda c: lambda: torch.randn(3, 4))
     assert code.shape == (3, 4) and losses.reconstruction.shape == (3,)
     assert acn.likelihood.parameters == 15  # 5 logistics x (weight, mean, scale)
     assert 784 * 0.5 < float(losses.reconstruction.detach().mean()) < 784 * math.log(256) * 2

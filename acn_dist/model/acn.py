@@ -32,6 +32,7 @@ from acn_dist.model.priors import (
 )
 
 Prior = DiagonalMixture | StandardNormal
+NeighbourRequest = Callable[[torch.Tensor], Callable[[], torch.Tensor | None]]  # code -> the wait for ĉ
 
 __all__ = ["ACN", "Losses", "build_model", "kl_weight", "posterior_log_prob"]
 
@@ -85,15 +86,15 @@ class ACN(nn.Module):
         """x [B, C, H, W] -> code c [B, D], the mean of q(z|x)."""
         return self.encoder(x)
 
-    def forward(self, x: torch.Tensor,
-                neighbour_codes_for: Callable[[torch.Tensor], torch.Tensor | None] | None = None
+    def forward(self, x: torch.Tensor, ask_neighbour_codes: NeighbourRequest | None = None
                 ) -> tuple[torch.Tensor, Losses]:
-        """Encode x, get ĉ from `neighbour_codes_for(code)` (which writes the code table and
-        searches it; it gives None for the VAE), then the objective: `(code [B, D], Losses)`. One
-        call, so that DDP sees the whole computation in one forward pass."""
+        """Encode x, ask for ĉ with `ask_neighbour_codes(code)` (which writes the code table and
+        searches it, and returns the wait for ĉ: None for the VAE), then the objective:
+        `(code [B, D], Losses)`. The decoder runs before the wait, while a remote store searches.
+        One call, so that DDP sees the whole computation in one forward pass."""
         code = self.encode(x)
-        neighbour_code = neighbour_codes_for(code.detach()) if neighbour_codes_for is not None else None
-        return code, self.losses(x, code, neighbour_code)
+        receive = ask_neighbour_codes(code.detach()) if ask_neighbour_codes is not None else (lambda: None)
+        return code, self._losses(x, code, receive)
 
     def prior_given(self, neighbour_code: torch.Tensor | None) -> Prior:
         return self.prior(neighbour_code.detach() if neighbour_code is not None else None)  # no gradient into ĉ
@@ -104,11 +105,16 @@ class ACN(nn.Module):
     def losses(self, x: torch.Tensor, code: torch.Tensor, neighbour_code: torch.Tensor | None,
                generator: torch.Generator | None = None) -> Losses:
         """The objective for a batch whose codes are already computed (Algorithm 1, step 4)."""
+        return self._losses(x, code, lambda: neighbour_code, generator)
+
+    def _losses(self, x: torch.Tensor, code: torch.Tensor, receive_neighbour_code: Callable[[], torch.Tensor | None],
+                generator: torch.Generator | None = None) -> Losses:
+        """`losses`, with ĉ waited for only once z is decoded."""
         z = self.sample_posterior(code, generator)
-        prior = self.prior_given(neighbour_code)
+        reconstruction = self.likelihood.nats(self.decoder(z, x), x)
+        prior = self.prior_given(receive_neighbour_code())
         kl_per_dimension = prior.kl_per_dimension(code, z)
         kl = kl_per_dimension.sum(dim=-1)
-        reconstruction = self.likelihood.nats(self.decoder(z, x), x)
         prior_fit = -self.unconditional_prior(len(z)).log_prob(z.detach())
         return Losses(total=kl + reconstruction, kl=kl, reconstruction=reconstruction, prior_fit=prior_fit,
                       kl_per_dimension=kl_per_dimension,

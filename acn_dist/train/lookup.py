@@ -4,7 +4,8 @@
 - `ExactLookup` (the paper's Algorithm 1, the default): the batch's fresh codes are written into
   the code store, then the store is searched with those same codes, each datum's own id excluded
   (and, with `codes.exclude_batch`, the ids of its whole batch); ĉ is drawn uniformly among the K
-  nearest. The training step waits for the search.
+  nearest. The step sends both as soon as the codes exist and decodes while the store works; it
+  waits only where the prior needs ĉ (`ask_neighbour_codes` sends, the callable it returns waits).
 - `PrefetchLookup` (the fast option): ĉ for a batch is requested with the batch's *stored* codes
   (those of its last visit) while the previous batch trains, so the step does not wait. In the
   first epoch the stored codes are still the random initial ones, so it works exactly as
@@ -17,6 +18,7 @@ table's snapshot, restore and stats, and nothing else in training talks to the s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,10 @@ class NoLookup:
 
     def begin_batch(self, ids: torch.Tensor, next_ids: torch.Tensor | None, epoch: int) -> None:
         pass
+
+    def ask_neighbour_codes(self, ids: torch.Tensor, code: torch.Tensor, step: int
+                            ) -> Callable[[], torch.Tensor | None]:
+        return lambda: None
 
     def neighbour_codes(self, ids: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor | None:
         return None
@@ -76,17 +82,27 @@ class ExactLookup:
     def begin_batch(self, ids: torch.Tensor, next_ids: torch.Tensor | None, epoch: int) -> None:
         self._prefetched = None
 
-    def neighbour_codes(self, ids: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
-        """Algorithm 1, steps 2-3 for a batch: c(x) <- code; KNN(x); ĉ. `code`: [B, D], detached."""
+    def ask_neighbour_codes(self, ids: torch.Tensor, code: torch.Tensor, step: int
+                            ) -> Callable[[], torch.Tensor]:
+        """Algorithm 1, steps 2-3 for a batch, sent: c(x) <- code; KNN(x). `code`: [B, D], detached.
+        Returns the wait for ĉ [B, D], so the caller can decode while a remote store works."""
         if not torch.isfinite(code).all():
             raise NonFiniteError(f"step {step}: the encoder produced NaN/Inf codes; none were stored")
         ids_np, code_np = ids.numpy(), code.cpu().numpy()
         self.store.update(ids_np, code_np, step)  # 2. c(x) <- mean of q(z|x)
         pending = self._prefetched or self.store.request_neighbours(  # 3. KNN(x), ĉ among them
             ids_np, code_np, exclude_batch=self.exclude_batch)
-        found = pending.result()
-        self.staleness = float(np.mean(found.staleness)) if len(found.staleness) else math.nan
-        return torch.tensor(found.neighbour_codes, device=code.device)  # a copy: Ray results are read-only
+
+        def receive() -> torch.Tensor:
+            found = pending.result()
+            self.staleness = float(np.mean(found.staleness)) if len(found.staleness) else math.nan
+            return torch.tensor(found.neighbour_codes, device=code.device)  # a copy: Ray results are read-only
+
+        return receive
+
+    def neighbour_codes(self, ids: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
+        """`ask_neighbour_codes` and its wait in one call."""
+        return self.ask_neighbour_codes(ids, code, step)()
 
     def flush(self) -> None:
         self.store.flush()

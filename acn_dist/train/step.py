@@ -5,9 +5,10 @@
     3. KNN(x) <- K nearest neighbours of c(x) among the stored codes, self excluded; pick ĉ
     4. prior p(z|ĉ); sample z ~ q(z|x); decode; loss = KL - log r(x|z); step
 
-Steps 2-3 are the neighbour lookup's (`acn_dist.train.lookup`): it writes the codes and answers
-with ĉ from inside the model's one forward pass (so that DDP sees one forward). The VAE's lookup
-answers with nothing and its prior N(0, I) needs nothing.
+Steps 2-3 are the neighbour lookup's (`acn_dist.train.lookup`): from inside the model's one
+forward pass (so that DDP sees one forward) it sends the codes and the search as soon as the codes
+exist, and the model decodes z while the store works, waiting for ĉ only where the prior needs it.
+The VAE's lookup answers with nothing and its prior N(0, I) needs nothing.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def train_step(model: nn.Module, acn: ACN, optimizer: torch.optim.Optimizer, loo
     started, waited_before = time.perf_counter(), lookup.wait_seconds
 
     # 2-4: encode x; write c(x), find KNN(x) and pick ĉ (the lookup); p(z|ĉ); z ~ q(z|x); decode
-    _, losses = model(x, lambda code: lookup.neighbour_codes(ids, code, step))
+    _, losses = model(x, lambda code: lookup.ask_neighbour_codes(ids, code, step))
     weight = kl_weight(step, settings.kl_warmup_steps)
     loss = acn.training_loss(losses, weight, settings.free_bits)
     if not torch.isfinite(loss):
