@@ -42,9 +42,6 @@ class NoLookup:
                             ) -> Callable[[], torch.Tensor | None]:
         return lambda: None
 
-    def neighbour_codes(self, ids: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor | None:
-        return None
-
     def flush(self) -> None:
         pass
 

@@ -3,7 +3,7 @@
     1. (before training) the code store holds c(x) ~ N(0, 1) for every training x
     2. encode x; write the new code into the store: c(x) <- mean of q(z|x)
     3. KNN(x) <- K nearest neighbours of c(x) among the stored codes, self excluded; pick ĉ
-    4. prior p(z|ĉ); sample z ~ q(z|x); decode; loss = KL - log r(x|z); step
+    4. sample z ~ q(z|x); decode; prior p(z|ĉ); loss = KL - log r(x|z); step
 
 Steps 2-3 are the neighbour lookup's (`acn_dist.train.lookup`): from inside the model's one
 forward pass (so that DDP sees one forward) it sends the codes and the search as soon as the codes
@@ -44,7 +44,7 @@ def train_step(model: nn.Module, acn: ACN, optimizer: torch.optim.Optimizer, loo
     the code table or the weights."""
     started, waited_before = time.perf_counter(), lookup.wait_seconds
 
-    # 2-4: encode x; write c(x), find KNN(x) and pick ĉ (the lookup); p(z|ĉ); z ~ q(z|x); decode
+    # 2-4: encode x; send c(x) and KNN(x) to the store (the lookup); z ~ q(z|x); decode; wait for ĉ; p(z|ĉ)
     _, losses = model(x, lambda code: lookup.ask_neighbour_codes(ids, code, step))
     weight = kl_weight(step, settings.kl_warmup_steps)
     loss = acn.training_loss(losses, weight, settings.free_bits)
