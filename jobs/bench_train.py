@@ -218,7 +218,7 @@ def main() -> None:
     model_ms = model_step_ms(CONFIGS[args.datasets[0]], args.batch)
     print(f"one training step of {args.datasets[0]}'s models, forward+backward, 1 thread, no store wait: "
           f"VAE {model_ms['vae']:.0f} ms, ACN {model_ms['acn']:.0f} ms (ACN / VAE {model_ms['vae'] / model_ms['acn']:.3f}: "
-          "the best ratio any store allows)")
+          "the models' own costs, what the ratio would be with no store wait)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"workers": args.workers, "steps": args.steps, "batch": args.batch,
                                           "table_rows": args.table_rows, "store_cpus": args.store_cpus, "repeats": args.repeats,

@@ -124,14 +124,14 @@ def test_exact_lookup_finds_a_neighbour_written_in_the_same_step_never_itself() 
     lookup = ExactLookup(LocalClient(store))
     fresh = torch.tensor([[50.0, 50, 50, 50], [50.1, 50, 50, 50]])  # both far from every stored code
     lookup.begin_batch(torch.from_numpy(ids), None, epoch=3)
-    neighbour = lookup.neighbour_codes(torch.from_numpy(ids), fresh, step=12)
+    neighbour = lookup.ask_neighbour_codes(torch.from_numpy(ids), fresh, step=12)()
     # each datum's nearest is the other one, written in this very step; never itself
     torch.testing.assert_close(neighbour, fresh.flip(0))
     np.testing.assert_array_equal(store.table()[ids], fresh.numpy())
     assert store.stats()["rows_ever_written"] == 2 and store.stats()["same_batch_share"] == 1.0
     # excluding the batch, the planted pair cannot see each other: their neighbours are old codes
     excluded = ExactLookup(LocalClient(store), exclude_batch=True)
-    far = excluded.neighbour_codes(torch.from_numpy(ids), fresh, step=13)
+    far = excluded.ask_neighbour_codes(torch.from_numpy(ids), fresh, step=13)()
     assert torch.all(far.abs() < 10)
 
 
@@ -142,10 +142,10 @@ def test_prefetch_lookup_is_exact_while_warming_then_uses_stored_codes() -> None
     lookup = PrefetchLookup(LocalClient(store), warm_epochs=1)
     fresh = torch.tensor([[50.0, 50, 50, 50], [50.1, 50, 50, 50]])
     lookup.begin_batch(torch.from_numpy(ids), None, epoch=0)  # warm start: exact
-    torch.testing.assert_close(lookup.neighbour_codes(torch.from_numpy(ids), fresh, step=1), fresh.flip(0))
+    torch.testing.assert_close(lookup.ask_neighbour_codes(torch.from_numpy(ids), fresh, step=1)(), fresh.flip(0))
     moved = torch.tensor([[-50.0, 0, 0, 0], [-50.1, 0, 0, 0]])
     lookup.begin_batch(torch.from_numpy(ids), None, epoch=1)  # asks with the stored codes (at +50)...
-    neighbour = lookup.neighbour_codes(torch.from_numpy(ids), moved, step=2)
+    neighbour = lookup.ask_neighbour_codes(torch.from_numpy(ids), moved, step=2)()
     torch.testing.assert_close(neighbour, fresh.flip(0))  # ...so it finds the pair as they were
     np.testing.assert_array_equal(store.table()[ids], moved.numpy())  # and still writes the new codes
 

@@ -97,10 +97,6 @@ class ExactLookup:
 
         return receive
 
-    def neighbour_codes(self, ids: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
-        """`ask_neighbour_codes` and its wait in one call."""
-        return self.ask_neighbour_codes(ids, code, step)()
-
     def flush(self) -> None:
         self.store.flush()
 
