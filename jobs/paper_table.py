@@ -8,8 +8,8 @@ nats/image with its KL, the ordered dataset bound.
 
 Saves `results/paper_table.json`: one object per row (`dataset`, `model`, `decoder`, `input`,
 `linear`, `knn`, `nats`, `kl`, `ordered_nats`, `epochs`, `wall_s`, `command`, and the training
-loss per epoch with `loss_flat`: whether it moved less than 1% over the last two epochs, our
-test of convergence); figures under `results/figures/<dataset>-<decoder>-<model>/`. Rerunning
+loss per epoch (the mean over the epoch's steps) with `loss_flat`: whether it moved less than 1%
+over the last two epochs, our test of convergence); figures under `results/figures/<dataset>-<decoder>-<model>/`. Rerunning
 some rows replaces only those. Every row's `command` reproduces it alone.
 """
 
@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from acn_dist.config import load  # noqa: E402
 from acn_dist.evaluate.loading import resolve_checkpoint  # noqa: E402
 from acn_dist.evaluate.run import evaluate  # noqa: E402
+from acn_dist.runs.folder import RunFolder  # noqa: E402
 from acn_dist.train.driver import train  # noqa: E402
+from acn_dist.train.metrics import epoch_losses  # noqa: E402
 
 # Budgets on a 2-core CPU machine (no GPU lent): mnist-digits/deconv 30 epochs (loss flat), Fashion-MNIST
 # 20 epochs (greyscale, discretised logistic, residual encoder; ~80-140 min per model; the constant learning
@@ -44,16 +46,14 @@ ROWS: dict[str, tuple[str, list[str], list[str]]] = {
                                ["eval.ordered_limit=2000", "eval.kl_samples=4"]),
 }
 DEFAULT_ROWS = ["mnist-digits/deconv", "mnist-digits/pixelcnn", "fashion-mnist/deconv"]
-FLAT = 0.01  # relative change of the training loss over the last two epochs under which we call it converged
+FLAT = 0.01  # relative change of the mean training loss over the last two epochs under which we call it converged
 
 
-def loss_by_epoch(history: list[dict[str, Any]]) -> list[float]:
-    """The training loss (nats/image) at the end of each epoch, from the run's logged history."""
-    last: dict[int, float] = {}
-    for row in history:
-        if "loss" in row and "epoch" in row:
-            last[int(row["epoch"])] = float(row["loss"])
-    return [round(last[epoch], 2) for epoch in sorted(last)]
+def loss_by_epoch(storage: str, run_id: str, epochs: int) -> list[float]:
+    """The mean training loss (nats/image) of each epoch, over every session of the run."""
+    history = RunFolder.at(storage, run_id).history()
+    last_step = max((int(row["step"]) for row in history), default=0)
+    return [round(loss, 2) for loss in epoch_losses(history, max(last_step // epochs, 1))] if history else []
 
 
 def is_flat(losses: list[float]) -> bool | None:
@@ -73,9 +73,8 @@ def train_and_evaluate(config_path: str, overrides: list[str], eval_settings: li
     wall_s = time.perf_counter() - started
     settings = load(config_path, [*overrides, *eval_settings])
     metrics = evaluate(resolve_checkpoint(None, settings), overrides=settings, figures_on=figures_on, log=False)
-    history = summary["history"]
-    losses = loss_by_epoch(history)
-    last = history[-1] if history else {}
+    losses = loss_by_epoch(settings.train.storage_path, settings.train.run_id, settings.train.epochs)
+    last = summary["history"][-1] if summary["history"] else {}
     return {"command": command, "wall_s": round(wall_s, 1), "metrics": metrics, "loss_by_epoch": losses,
             "loss_flat": is_flat(losses), "epochs": settings.train.epochs,
             "mean_samples_per_s": last.get("mean_samples_per_s"), "last_window": last}
@@ -127,6 +126,32 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["dataset"], row["model"], row["decoder"], row["input"]
+
+
+def save(out: Path, fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Replace `fresh`'s rows in the table at `out` (read again now: another run of this script
+    may have saved rows since this one started)."""
+    rows = json.loads(out.read_text()) if out.is_file() else []
+    replaced = {row_key(r) for r in fresh}
+    rows = [r for r in rows if row_key(r) not in replaced] + fresh
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def refresh_losses(rows: list[dict[str, Any]], storage: str) -> list[dict[str, Any]]:
+    """The model rows with `loss_by_epoch` and `loss_flat` read again from their runs' logs."""
+    fresh = []
+    for r in rows:
+        if r["epochs"] is None:
+            continue
+        losses = loss_by_epoch(storage, f"paper-{r['dataset']}-{r['decoder']}-{r['model'].lower()}", r["epochs"])
+        fresh.append({**r, "loss_by_epoch": losses, "loss_flat": is_flat(losses)})
+    return fresh
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS))
@@ -137,9 +162,15 @@ def main() -> int:
     parser.add_argument("--out", default="results/paper_table.json")
     parser.add_argument("--no-figures", action="store_true",
                         help="metrics only (PixelCNN samples are drawn pixel by pixel: minutes on a CPU)")
+    parser.add_argument("--refresh-losses", action="store_true",
+                        help="train nothing: read every model row's loss per epoch again from its run's log")
     args = parser.parse_args()
     out = Path(args.out)
-    rows: list[dict[str, Any]] = json.loads(out.read_text()) if out.is_file() else []
+    if args.refresh_losses:
+        rows = save(out, refresh_losses(json.loads(out.read_text()) if out.is_file() else [], args.storage))
+        print(markdown(rows) + f"\nsaved {out}")
+        return 0
+    rows: list[dict[str, Any]] = []
     for name in args.rows:
         config_path, budget, eval_settings = ROWS[name]
         dataset, decoder = name.split("/")
@@ -152,10 +183,7 @@ def main() -> int:
             fresh = [model_row(dataset, decoder, model, run)]
             if model == args.models[0] and decoder == "deconv":  # baselines once per dataset
                 fresh += baseline_rows(dataset, run["metrics"], run["command"].replace("train", "evaluate", 1))
-            replaced = {(r["dataset"], r["model"], r["decoder"], r["input"]) for r in fresh}
-            rows = [r for r in rows if (r["dataset"], r["model"], r["decoder"], r["input"]) not in replaced] + fresh
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(rows, indent=1))
+            rows = save(out, fresh)
     print("\n" + markdown(rows))
     print(f"saved {out}")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,27 @@ class MetricsWindow:
             row["store_rewound_steps"] = float(stats.get("rewound_steps", 0))  # updates lost to store crashes
         self._reset()
         return row
+
+
+def epoch_losses(history: list[dict[str, Any]], steps_per_epoch: int) -> list[float]:
+    """The mean training loss (nats/image) of every epoch, from a run's logged rows (all its
+    sessions, as `RunFolder.history` returns them). A row is the mean of the steps since the row
+    before it, so it weighs by that step count, and counts for the epoch of its last step. A step
+    logged twice (a resumed run redoes the steps after its last checkpoint) counts once, as last
+    logged."""
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+    loss_at = {int(row["step"]): float(row["loss"]) for row in history if "step" in row and "loss" in row}
+    total: dict[int, float] = defaultdict(float)
+    steps: dict[int, int] = defaultdict(int)
+    previous = 0
+    for step in sorted(loss_at):
+        if not math.isnan(loss_at[step]):
+            epoch = (step - 1) // steps_per_epoch
+            total[epoch] += loss_at[step] * (step - previous)
+            steps[epoch] += step - previous
+        previous = step
+    return [total[epoch] / steps[epoch] for epoch in sorted(total)]
 
 
 def say(line: str) -> None:
