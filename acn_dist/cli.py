@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from acn_dist.config import Config, load, with_values
-from acn_dist.errors import AcnError
+from acn_dist.errors import AcnError, Stopped
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -294,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as error:
         refuse(f"error: {error}")
         return 2
+    except Stopped as stopped:  # a signal asked; the checkpoint it wrote resumes the run
+        refuse(str(stopped))
+        return 128 + stopped.signum
 
 
 def refuse(line: str) -> None:

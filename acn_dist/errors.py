@@ -9,6 +9,8 @@ lost node) are retried.
 
 from __future__ import annotations
 
+import signal
+
 
 class AcnError(Exception):
     """A refusal that names its culprit. Deterministic: running again changes nothing."""
@@ -59,3 +61,17 @@ class ProbeError(AcnError, ValueError):
 
 class NonFiniteError(AcnError, FloatingPointError):
     """A step produced NaN/Inf codes or loss; nothing from it entered the store or the weights."""
+
+
+class Stopped(Exception):
+    """Training stopped because a signal asked it to, after writing a checkpoint: not an error of
+    the input (the command line exits with 128 + the signal's number, as a shell does)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | None):
+        super().__init__(signum, step, checkpoint)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+    def __str__(self) -> str:
+        where = f"checkpoint {self.checkpoint}" if self.checkpoint else "no checkpoint written (not rank 0)"
+        return (f"stopped by {signal.Signals(self.signum).name} at step {self.step}; {where}: "
+                f"run the same command again to resume")

@@ -174,6 +174,56 @@ def test_killing_the_driver_and_running_again_resumes(sklearn_digits: Path, tmp_
     assert report.final_step == 8 * steps_per_epoch(sklearn_digits, world=2)
 
 
+
+def test_a_signal_stops_training_after_a_checkpoint_of_its_step_and_the_same_command_resumes(
+        sklearn_digits: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import time
+
+    overrides = [f"data.root={sklearn_digits.parent}", f"train.storage_path={tmp_path}", "train.run_id=stopped",
+                 "tracking.enabled=false", "train.num_workers=0", "train.epochs=3", "train.checkpoint_every=100000",
+                 "train.log_every=2"]
+    command = [sys.executable, str(ROOT / "jobs/train.py"), "--config", str(ROOT / "jobs/configs/sklearn_digits.yaml"),
+               *[a for o in overrides for a in ("--set", o)]]
+    run = run_of(load(None, overrides))
+    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "RAY_ADDRESS": ""})
+    deadline = time.monotonic() + 240
+    while not run.history() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=240)
+    assert first.returncode == 128 + signal.SIGTERM, err[-2000:]
+    stopped_at = int(run.history()[-1]["step"])
+    checkpoint = latest_checkpoint(run.path)
+    assert checkpoint is not None and checkpoint.name == f"step-{stopped_at:09d}"  # no scheduled one was due
+    assert err.strip().splitlines()[-1] == (f"stopped by SIGTERM at step {stopped_at}; checkpoint {checkpoint}: "
+                                            "run the same command again to resume")
+    assert not run.final_pointer.is_file()  # stopped, not finished
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "RAY_ADDRESS": ""})
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"at step {stopped_at} " in second.stdout + second.stderr
+    assert int(run.history()[-1]["step"]) == 3 * steps_per_epoch(sklearn_digits, world=1)
+    assert run.final_pointer.is_file()
+
+
+def test_stop_signals_are_noted_once_then_act_as_before_and_the_handlers_come_back() -> None:
+    import signal
+
+    from acn_dist.train.stopping import StopSignals
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with StopSignals() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # a second signal acts as before: Ctrl-C twice interrupts
+            os.kill(os.getpid(), signal.SIGINT)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 # --- load -----------------------------------------------------------------------------------------
 
 @pytest.mark.slow  # 8 Ray client actors: ~2.5 min; test_actor's concurrent test covers consistency in `make test`

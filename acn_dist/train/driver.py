@@ -16,7 +16,7 @@ from acn_dist.codes.client import LocalClient
 from acn_dist.codes.factory import build_store
 from acn_dist.config import Config, with_values
 from acn_dist.data.shards import prepare, read_manifest
-from acn_dist.errors import StoreError
+from acn_dist.errors import Stopped, StoreError
 from acn_dist.runs.checkpoints import META
 from acn_dist.runs.folder import RunFolder, check_writable
 from acn_dist.runs.lock import RunLock
@@ -110,6 +110,9 @@ def train(config: Config) -> dict[str, Any]:
             if result.get("checkpoint"):
                 log_checkpoint(tracker, run, result["checkpoint"])
             status = "FINISHED"
+        except Stopped:
+            status = "KILLED"  # MLflow's status for a run stopped on purpose; its checkpoint resumes it
+            raise
         finally:
             tracker.finish(status)
     result["mlflow_run_id"] = tracker.run_id

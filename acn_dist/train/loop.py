@@ -22,13 +22,14 @@ from acn_dist.codes.client import StoreClient
 from acn_dist.config import Config
 from acn_dist.data.reader import Batch, ShardLoader
 from acn_dist.data.shards import dataset_folder, read_manifest
-from acn_dist.errors import NonFiniteError
+from acn_dist.errors import NonFiniteError, Stopped
 from acn_dist.model.acn import build_model
 from acn_dist.runs.folder import RunFolder
 from acn_dist.train.lookup import build_lookup
 from acn_dist.train.metrics import MetricsWindow, Progress, say
 from acn_dist.train.state import Checkpointer, Position
 from acn_dist.train.step import train_step
+from acn_dist.train.stopping import StopSignals
 
 
 @dataclass
@@ -94,29 +95,33 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
     history: list[dict[str, float]] = []
 
     waiting_since = time.perf_counter()
-    for epoch, index, (ids, x, _), following in batches_from(loader, position, config.train.epochs):
-        if position.step >= total:
-            break
-        data_s = time.perf_counter() - waiting_since
-        lookup.begin_batch(ids, following[0] if following is not None else None, epoch)
-        try:
-            result = train_step(model, acn, optimizer, lookup, ids, x.to(runtime.device), position.step,
-                                config.train)
-        except NonFiniteError:
-            if config.train.nonfinite == "stop":
-                raise
-            result = None  # skipped and counted; nothing of it reached the table or the weights
-        position = position.after(epoch, index, end_of_epoch=following is None)
-        window.add(result, len(ids), data_s)
-        final = position.step >= total
-        if position.step % config.train.log_every == 0 or checkpointer.due(position.step, final):
-            row = window.close(position.step, position.epoch)
-            runtime.report(row, checkpointer.maybe_save(position, final))
-            history.append(row)
-            if runtime.is_main:  # as it happens, so a crash keeps the history (and shows redone steps)
-                run.append_history(row)
-                say(progress.line(row))
-        waiting_since = time.perf_counter()
+    with StopSignals() as stop:
+        for epoch, index, (ids, x, _), following in batches_from(loader, position, config.train.epochs):
+            if position.step >= total:
+                break
+            data_s = time.perf_counter() - waiting_since
+            lookup.begin_batch(ids, following[0] if following is not None else None, epoch)
+            try:
+                result = train_step(model, acn, optimizer, lookup, ids, x.to(runtime.device), position.step,
+                                    config.train)
+            except NonFiniteError:
+                if config.train.nonfinite == "stop":
+                    raise
+                result = None  # skipped and counted; nothing of it reached the table or the weights
+            position = position.after(epoch, index, end_of_epoch=following is None)
+            window.add(result, len(ids), data_s)
+            final = position.step >= total
+            if position.step % config.train.log_every == 0 or checkpointer.due(position.step, final) or stop.requested:
+                row = window.close(position.step, position.epoch)
+                checkpoint = checkpointer.save(position) if stop.requested else checkpointer.maybe_save(position, final)
+                runtime.report(row, checkpoint)
+                history.append(row)
+                if runtime.is_main:  # as it happens, so a crash keeps the history (and shows redone steps)
+                    run.append_history(row)
+                    say(progress.line(row))
+                if stop.requested and not final:
+                    raise Stopped(stop.signum or 0, position.step, str(checkpoint) if checkpoint else None)
+            waiting_since = time.perf_counter()
     return {"run_id": config.train.run_id, "step": position.step, "epoch": position.epoch,
             "checkpoint": str(checkpointer.last) if checkpointer.last else None, "history": history,
             "skipped_nonfinite": window.skipped_nonfinite}

@@ -76,7 +76,11 @@ class Checkpointer:
 
     def maybe_save(self, position: Position, final: bool) -> Path | None:
         """Write the checkpoint of `position` when one is due (rank 0 only); returns its folder."""
-        if not (self.is_main and self.due(position.step, final)):
+        return self.save(position) if self.due(position.step, final) else None
+
+    def save(self, position: Position) -> Path | None:
+        """Write the checkpoint of `position` now (rank 0 only); returns its folder."""
+        if not self.is_main:
             return None
         self.lookup.flush()
         state = {"model": self.acn.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
