@@ -104,6 +104,9 @@ def baseline_rows(dataset: str, metrics: dict[str, Any], command: str) -> list[d
 
 
 def keep_figures(metrics: dict[str, Any], folder: Path) -> None:
+    """Replace the row's figures with this run's; a run without figures leaves the old ones."""
+    if not metrics.get("figures"):
+        return
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
