@@ -1,0 +1,58 @@
+"""`jobs/paper_table.py`'s bookkeeping: rows saved without losing another run's, figures kept
+unless replaced, convergence judged from the epoch means."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def paper_table() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "jobs" / "paper_table.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def row(model: str, linear: float, dataset: str = "mnist-digits") -> dict:
+    return {"dataset": dataset, "model": model, "decoder": "deconv", "input": "binarised", "linear": linear}
+
+
+def test_saving_rows_replaces_only_theirs_and_keeps_rows_another_run_saved_meanwhile(
+        paper_table: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "results" / "table.json"
+    paper_table.save(out, [row("ACN", 0.90), row("VAE", 0.80)])
+    # another run of the script saves a Fashion-MNIST row after this one started
+    paper_table.save(out, [row("VAE", 0.70, dataset="fashion-mnist")])
+    rows = paper_table.save(out, [row("ACN", 0.93)])
+    assert rows == json.loads(out.read_text())
+    by_key = {(r["dataset"], r["model"]): r["linear"] for r in rows}
+    assert by_key == {("mnist-digits", "ACN"): 0.93, ("mnist-digits", "VAE"): 0.80, ("fashion-mnist", "VAE"): 0.70}
+
+
+def test_a_run_without_figures_keeps_the_rows_old_figures_and_one_with_figures_replaces_them(
+        paper_table: ModuleType, tmp_path: Path) -> None:
+    folder = tmp_path / "figures" / "mnist-digits-deconv-acn"
+    folder.mkdir(parents=True)
+    (folder / "old.png").write_bytes(b"old")
+    paper_table.keep_figures({"linear_codes": 0.9}, folder)
+    assert [p.name for p in folder.iterdir()] == ["old.png"]
+    fresh = tmp_path / "eval" / "reconstructions.png"
+    fresh.parent.mkdir()
+    fresh.write_bytes(b"new")
+    paper_table.keep_figures({"figures": [str(fresh)]}, folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == {"reconstructions.png": b"new"}
+
+
+def test_a_loss_is_flat_when_it_moved_under_one_percent_over_the_last_two_epochs(paper_table: ModuleType) -> None:
+    assert paper_table.is_flat([120.0, 100.0, 99.5, 99.2]) is True
+    assert paper_table.is_flat([120.0, 100.0, 98.0, 97.0]) is False  # 3.1% over the last two epochs
+    assert paper_table.is_flat([100.0, 99.0]) is None  # too short to say
