@@ -118,10 +118,20 @@ def fmt(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+MODEL_ORDER = ("ACN", "VAE", "pixels", "PCA-16")
+
+
+def reading_order(row: dict[str, Any]) -> tuple[Any, ...]:
+    """The table as a reader scans it: per dataset, the models of each decoder, then the baselines."""
+    model = MODEL_ORDER.index(row["model"]) if row["model"] in MODEL_ORDER else len(MODEL_ORDER)
+    return row["dataset"] != "mnist-digits", row["dataset"], row["decoder"] is None, row["decoder"] or "", \
+        model, row["input"]
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| dataset | model | decoder | input | linear | k-NN | test nats/image (KL) | ordered nats/image "
              "| epochs (loss flat) |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in sorted(rows, key=reading_order):
         nats = "" if r["nats"] is None else f"{r['nats']:.1f} ({r['kl']:.1f})"
         epochs = "" if r["epochs"] is None else f"{r['epochs']} ({'yes' if r.get('loss_flat') else 'no'})"
         lines.append(f"| {r['dataset']} | {r['model']} | {r['decoder'] or ''} | {r['input']} | "

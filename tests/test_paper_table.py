@@ -56,3 +56,22 @@ def test_a_loss_is_flat_when_it_moved_under_one_percent_over_the_last_two_epochs
     assert paper_table.is_flat([120.0, 100.0, 99.5, 99.2]) is True
     assert paper_table.is_flat([120.0, 100.0, 98.0, 97.0]) is False  # 3.1% over the last two epochs
     assert paper_table.is_flat([100.0, 99.0]) is None  # too short to say
+
+
+def test_the_rendered_table_groups_rows_by_dataset_and_decoder_models_before_baselines(
+        paper_table: ModuleType) -> None:
+    def full(dataset: str, model: str, decoder: str | None, input_: str) -> dict:
+        model_row = decoder is not None
+        return {"dataset": dataset, "model": model, "decoder": decoder, "input": input_, "linear": 0.5,
+                "knn": 0.5, "nats": 90.0 if model_row else None, "kl": 1.0 if model_row else None,
+                "ordered_nats": None, "epochs": 3 if model_row else None, "loss_flat": False}
+    saved = [full("fashion-mnist", "pixels", None, "greyscale"), full("mnist-digits", "VAE", "pixelcnn", "binarised"),
+             full("fashion-mnist", "ACN", "deconv", "greyscale"), full("mnist-digits", "PCA-16", None, "binarised"),
+             full("mnist-digits", "VAE", "deconv", "binarised"), full("mnist-digits", "ACN", "deconv", "binarised"),
+             full("mnist-digits", "pixels", None, "greyscale"), full("mnist-digits", "pixels", None, "binarised")]
+    body = paper_table.markdown(saved).splitlines()[2:]
+    cells = [tuple(c.strip() for c in line.strip("|").split("|")[:4]) for line in body]
+    assert cells == [("mnist-digits", "ACN", "deconv", "binarised"), ("mnist-digits", "VAE", "deconv", "binarised"),
+                     ("mnist-digits", "VAE", "pixelcnn", "binarised"), ("mnist-digits", "pixels", "", "binarised"),
+                     ("mnist-digits", "pixels", "", "greyscale"), ("mnist-digits", "PCA-16", "", "binarised"),
+                     ("fashion-mnist", "ACN", "deconv", "greyscale"), ("fashion-mnist", "pixels", "", "greyscale")]
