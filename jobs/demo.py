@@ -33,7 +33,8 @@ from acn_dist.use.summary import results, where_to_look  # noqa: E402
 # test nats/image, the ordered bound over 10,000 training data, figures).
 BUDGET = {"jobs/configs/fashion_mnist.yaml": ["train.epochs=2", "eval.ordered_limit=10000",
                                               "eval.greyscale_baselines=false"],
-          # 20 epochs of 8,000 digits with the residual encoder: ~14 minutes at the demo's ~190 samples/s
+          # 20 epochs of 8,000 digits, residual encoder: 11.0 minutes measured (2026-12-04), training 10.1 at
+          # 276 samples/s, evaluation 0.9; linear probe 91.5%, k-NN 95.3%, 94.2 test nats/image
           "jobs/configs/mnist_digits.yaml": ["train.epochs=20"]}
 
 
