@@ -68,5 +68,6 @@ def main() -> None:
     out.write_text(json.dumps(figures, indent=1))
     print(f"saved {out}")
 
+
 if __name__ == "__main__":
     main()
