@@ -82,6 +82,8 @@ class ModelConfig:
     channels: int = _at_least(32, 1)  # base channels of the conv encoder/deconv decoder
     pixelcnn_layers: int = _at_least(6, 1)
     pixelcnn_channels: int = _at_least(64, 1)
+    # global: z biases every gate alike; spatial: z -> deconv map of the image's size (PixelVAE)
+    pixelcnn_conditioning: str = _choice("global", "global", "spatial")
     likelihood: str = _choice("auto", "auto", "bernoulli", "logistic", "categorical")  # auto: bernoulli iff binarised, else logistic
     logistic_components: int = _at_least(5, 1)  # mixture components of the discretised logistic
 

@@ -4,6 +4,8 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
 
     python jobs/ablation.py --study freshness [--config jobs/configs/fashion_mnist.yaml] [--epochs 5]
     python jobs/ablation.py --study collapse --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 10
+    python jobs/ablation.py --study conditioning --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 2 \
+        --set train.kl_warmup_steps=88
 
 Studies:
   freshness  where ĉ comes from: Algorithm 1 as written (exact: the batch's fresh codes are
@@ -13,6 +15,10 @@ Studies:
              discretised logistic likelihood, the VGG-style vs the residual encoder
   collapse   posterior collapse with an autoregressive decoder: plain, KL warm-up, free bits,
              both; and the VAE beside each
+  conditioning  how z reaches a gated PixelCNN decoder: a bias of every gate, the same at every
+             pixel (global), or a deconv map of z with one bias per pixel (spatial, as the
+             PixelVAE), with 6, 3 or 1 gated layers (fewer: a more local decoder); ACN and VAE,
+             each with the config's KL warm-up
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
 `acn-dist evaluate` without figures or pixel baselines; the command is saved with the figures.
 """
@@ -51,6 +57,12 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         "vae-plain": ["model.objective=vae", *PLAIN],
         "vae-warmup": ["model.objective=vae", *PLAIN, "train.kl_warmup_steps=1000"],
         "vae-freebits": ["model.objective=vae", *PLAIN, "train.free_bits=0.5"],
+    },
+    "conditioning": {
+        f"{objective}-{conditioning}-{layers}": [f"model.objective={objective}",
+                                                 f"model.pixelcnn_conditioning={conditioning}",
+                                                 f"model.pixelcnn_layers={layers}"]
+        for objective in ("acn", "vae") for conditioning in ("global", "spatial") for layers in (6, 3, 1)
     },
 }
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]

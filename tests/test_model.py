@@ -82,16 +82,22 @@ def test_conditional_prior_shapes_weights_and_skips() -> None:
 
 @pytest.mark.parametrize("parameters", [1, 256, 15])  # bernoulli, categorical, 5 logistics
 @pytest.mark.parametrize("channels", [1, 3])
-def test_gated_pixelcnn_is_causal(parameters: int, channels: int) -> None:
-    """d output(i) / d x(j) == 0 for every pixel j >= i (raster order), all layers and masks."""
+@pytest.mark.parametrize("conditioning", ["global", "spatial"])
+def test_gated_pixelcnn_is_causal(parameters: int, channels: int, conditioning: str) -> None:
+    """d output(i) / d x(j) == 0 for every pixel j >= i (raster order), all layers and masks;
+    every pixel's output depends on z."""
     torch.manual_seed(0)
-    height = width = 6
-    net = GatedPixelCNN((channels, height, width), code_size=3, parameters=parameters, channels=8, layers=4)
-    for parameter in net.parameters():  # avoid zero-initialised paths hiding a leak
-        parameter.data.normal_(0, 0.3)
+    height = width = 8
+    net = GatedPixelCNN((channels, height, width), code_size=3, parameters=parameters, channels=8, layers=4,
+                        conditioning=conditioning, map_channels=4, map_hidden=16)
+    for name, parameter in net.named_parameters():  # avoid zero-initialised paths hiding a leak
+        if not name.startswith("condition."):  # z's map keeps its default scale: no saturated gates
+            parameter.data.normal_(0, 0.3)
     x = torch.rand(1, channels, height, width, requires_grad=True)
-    z = torch.randn(1, 3)
+    z = torch.randn(1, 3, requires_grad=True)
     logits = net(z, x)
+    (z_grad,) = torch.autograd.grad(logits[0, :, -1, -1].sum() + logits[0, :, 0, 0].sum(), z, retain_graph=True)
+    assert z_grad.abs().sum() > 0
     for i in range(height * width):
         row, column = divmod(i, width)
         out = logits[0, ..., row, column].sum()
@@ -102,11 +108,13 @@ def test_gated_pixelcnn_is_causal(parameters: int, channels: int) -> None:
             assert influence[:i].sum() > 0, f"pixel {i} sees none of its past"
 
 
-@pytest.mark.parametrize("decoder", ["deconv", "pixelcnn"])
+@pytest.mark.parametrize("decoder", ["deconv", "pixelcnn", "pixelcnn/spatial"])
 @pytest.mark.parametrize("encoder", ["mlp", "conv"])
 def test_shapes_nats_and_no_gradient_into_neighbour_code(encoder: str, decoder: str) -> None:
     torch.manual_seed(0)
-    acn = ACN(small_config(objective="acn", encoder=encoder, decoder=decoder), (1, 28, 28))
+    decoder, _, conditioning = decoder.partition("/")
+    acn = ACN(small_config(objective="acn", encoder=encoder, decoder=decoder,
+                           pixelcnn_conditioning=conditioning or "global"), (1, 28, 28))
     x = (torch.rand(5, 1, 28, 28) > 0.5).float()
     neighbour = torch.randn(5, 4, requires_grad=True)
     code, losses = acn(x, lambda c: lambda: neighbour)

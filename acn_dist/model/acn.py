@@ -73,7 +73,7 @@ class ACN(nn.Module):
         self.encoder = build_encoder(model.encoder, image_shape, model.code_size, model.hidden, model.channels)
         self.decoder = build_decoder(model.decoder, image_shape, model.code_size, self.likelihood.parameters,
                                      model.hidden, model.channels, model.pixelcnn_channels,
-                                     model.pixelcnn_layers)
+                                     model.pixelcnn_layers, model.pixelcnn_conditioning)
         self.prior, self.unconditional_prior = build_priors(model.objective, model.code_size, prior.hidden,
                                                             prior.layers, prior.components, prior.min_scale)
 

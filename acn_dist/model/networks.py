@@ -111,12 +111,21 @@ class DeconvDecoder(nn.Module):
         return self.deconv(self.dense(z).reshape(-1, *self.base))
 
 
+def _project(linear: nn.Linear, cond: torch.Tensor) -> torch.Tensor:
+    """A conditioning input as a bias of the gates: z [B, D] -> [B, 2c, 1, 1] (the same at every
+    pixel), or a map [B, D, H, W] -> [B, 2c, H, W] (a 1x1 convolution; one bias per pixel)."""
+    if cond.dim() == 2:
+        return linear(cond)[:, :, None, None]
+    return linear(cond.movedim(1, -1)).movedim(-1, 1)
+
+
 class GatedLayer(nn.Module):
-    """One layer of a gated PixelCNN (van den Oord et al., 2016), conditioned on z.
+    """One layer of a gated PixelCNN (van den Oord et al., 2016), conditioned on z or on a map of z.
 
     The vertical stack sees rows above (and, after its shift down by one row, only those) and the
     horizontal stack sees pixels to the left in the current row; with `first=True` (mask type A)
-    the current pixel itself is excluded, later layers (type B) include it.
+    the current pixel itself is excluded, later layers (type B) include it. The conditioning input
+    depends on z only, never on x, so conditioning every pixel on all of it breaks no ordering.
     """
 
     def __init__(self, in_channels: int, channels: int, kernel: int, cond_size: int, first: bool):
@@ -143,8 +152,8 @@ class GatedLayer(nn.Module):
         h_pre = self.horizontal(F.pad(h, (self.half, 0, 0, 0)))
         if self.first:
             h_pre = F.pad(h_pre, (1, 0, 0, 0))[:, :, :, :-1]
-        cond_v = self.cond_vertical(cond)[:, :, None, None]
-        cond_h = self.cond_horizontal(cond)[:, :, None, None]
+        cond_v = _project(self.cond_vertical, cond)
+        cond_h = _project(self.cond_horizontal, cond)
         v_out = self._gate(v_pre + cond_v)
         h_out = self.horizontal_out(self._gate(h_pre + self.vertical_to_horizontal(v_shifted) + cond_h))
         if not self.first:
@@ -156,15 +165,27 @@ class GatedPixelCNN(nn.Module):
     """Autoregressive decoder r(x|z) = prod_i r(x_i | x_<i, z) in raster order.
 
     All channels of a pixel are predicted together from earlier pixels (no within-pixel ordering).
+    `conditioning="global"` adds a projection of z to every gate, the same at every pixel (van den
+    Oord et al., 2016); `"spatial"` first decodes z to a map of the image's size with the deconv
+    decoder's network and adds a 1x1 projection of it at each pixel, as the PixelVAE does
+    (Gulrajani et al., 2017), so that z can say what is where without the PixelCNN working it out.
     """
 
     def __init__(self, image_shape: tuple[int, int, int], code_size: int, parameters: int,
-                 channels: int = 64, layers: int = 6, kernel: int = 5):
+                 channels: int = 64, layers: int = 6, kernel: int = 5, conditioning: str = "global",
+                 map_channels: int = 32, map_hidden: int = 512):
         super().__init__()
-        self.image_channels = image_shape[0]
+        self.image_channels, height, width = image_shape
+        self.condition: nn.Module = nn.Identity()
+        cond_size = code_size
+        if conditioning == "spatial":  # z -> [B, channels, H, W]
+            self.condition = DeconvDecoder((1, height, width), code_size, channels, map_channels, map_hidden)
+            cond_size = channels
+        elif conditioning != "global":
+            raise ValueError(f"model.pixelcnn_conditioning must be global or spatial, got {conditioning!r}")
         self.layers = nn.ModuleList(
             GatedLayer(self.image_channels if i == 0 else channels, channels,
-                       7 if i == 0 else kernel, code_size, first=i == 0)
+                       7 if i == 0 else kernel, cond_size, first=i == 0)
             for i in range(layers)
         )
         self.head = nn.Sequential(
@@ -177,9 +198,10 @@ class GatedPixelCNN(nn.Module):
         if x is None:
             raise ValueError("the PixelCNN decoder needs the image x (teacher forcing); use sample()")
         inputs = x * 2 - 1  # centre the [0, 1] pixels
+        cond = self.condition(z)
         v, h = inputs, inputs
         for layer in self.layers:
-            v, h = layer(v, h, z)
+            v, h = layer(v, h, cond)
         return self.head(h)
 
 
@@ -193,8 +215,10 @@ def build_encoder(kind: str, image_shape: tuple[int, int, int], code_size: int, 
 
 
 def build_decoder(kind: str, image_shape: tuple[int, int, int], code_size: int, parameters: int,
-                  hidden: int, channels: int, pixelcnn_channels: int, pixelcnn_layers: int) -> nn.Module:
+                  hidden: int, channels: int, pixelcnn_channels: int, pixelcnn_layers: int,
+                  pixelcnn_conditioning: str = "global") -> nn.Module:
     """A decoder emitting `parameters` numbers per pixel and channel."""
     if kind == "pixelcnn":
-        return GatedPixelCNN(image_shape, code_size, parameters, pixelcnn_channels, pixelcnn_layers)
+        return GatedPixelCNN(image_shape, code_size, parameters, pixelcnn_channels, pixelcnn_layers,
+                             conditioning=pixelcnn_conditioning, map_channels=channels, map_hidden=hidden)
     return DeconvDecoder(image_shape, code_size, parameters, channels, hidden)
