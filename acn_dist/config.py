@@ -140,6 +140,8 @@ class TrainConfig:
     grad_clip: float = _at_least(0.0, 0.0)  # 0 = off
     kl_warmup_steps: int = _at_least(0, 0)  # the KL's weight in the loss rises 0 -> 1 over these steps
     free_bits: float = _at_least(0.0, 0.0)  # nats per latent dimension the encoder may use freely
+    context_dropout: float = _in_range(0.0, 0.0, 0.95)  # share of a PixelCNN decoder's context pixels hidden
+    context_dropout_steps: int = _at_least(0, 0)  # context_dropout falls linearly to 0 over these steps; 0 = constant
     seed: int = 0
 
 
@@ -370,6 +372,9 @@ def validate(config: Config) -> None:
         )
     if config.model.likelihood in ("categorical", "logistic") and config.data.binarize != "none":
         raise ConfigError(f"model.likelihood={config.model.likelihood} models 8-bit pixels; set data.binarize=none")
+    if config.train.context_dropout > 0 and config.model.decoder != "pixelcnn":
+        raise ConfigError("train.context_dropout hides an autoregressive decoder's context; it needs "
+                          "model.decoder=pixelcnn (or set it to 0)")
     if config.data.source == "synthetic" and config.data.synthetic_count < 2:
         raise ConfigError("data.synthetic_count must be >= 2")
 

@@ -47,6 +47,7 @@ def test_parse_override_reads_yaml_values() -> None:
         ("codes.unique_neighbours=maybe", "expected true or false"),
         ("lr=1", "keys are written section.key"),
         ("train.lr", "must look like section.key=value"),
+        ("train.context_dropout=1", "train.context_dropout: 1.0 is out of range; it must be <= 0.95"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:
@@ -59,6 +60,9 @@ def test_cross_key_validation() -> None:
         from_dict({"codes": {"backend": "gpu"}})
     with pytest.raises(ConfigError, match="bernoulli needs binarised data"):
         from_dict({"model": {"likelihood": "bernoulli"}, "data": {"binarize": "none"}})
+    with pytest.raises(ConfigError, match="train.context_dropout .* needs model.decoder=pixelcnn"):
+        from_dict({"model": {"decoder": "deconv"}, "train": {"context_dropout": 0.5}})
+    assert from_dict({"model": {"decoder": "pixelcnn"}, "train": {"context_dropout": 0.5}}).train.context_dropout == 0.5
 
 
 def test_yaml_errors_name_the_file(tmp_path: Path) -> None:

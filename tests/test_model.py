@@ -108,6 +108,36 @@ def test_gated_pixelcnn_is_causal(parameters: int, channels: int, conditioning: 
             assert influence[:i].sum() > 0, f"pixel {i} sees none of its past"
 
 
+def test_context_dropout_hides_that_share_of_pixels_and_keeps_the_order() -> None:
+    """A hidden context pixel influences no output; about `rate` of them are hidden; what is
+    left is still causal; with rate 0 (the default, as at evaluation) nothing is hidden."""
+    torch.manual_seed(0)
+    net = GatedPixelCNN((1, 8, 8), code_size=3, parameters=1, channels=8, layers=3, conditioning="spatial",
+                        map_channels=4, map_hidden=16)
+    x = torch.rand(256, 1, 8, 8, requires_grad=True)
+    z = torch.randn(256, 3)
+    torch.testing.assert_close(net(z, x), net(z, x, context_dropout=0.0))
+    (grad,) = torch.autograd.grad(net(z, x).sum(), x)
+    shown_without = (grad[:, 0, :7] != 0).float().mean()  # the last row is nobody's context
+    assert shown_without == 1.0
+    (grad,) = torch.autograd.grad(net(z, x, context_dropout=0.4).sum(), x)
+    shown = (grad[:, 0, :7] != 0).float().mean()
+    assert abs(float(shown) - 0.6) < 0.03, shown
+    one = x[:1].detach().clone().requires_grad_(True)
+    torch.manual_seed(3)
+    logits = net(z[:1], one, context_dropout=0.5)
+    for i in range(64):
+        (g,) = torch.autograd.grad(logits[0, 0].flatten()[i], one, retain_graph=True)
+        assert torch.all(g.flatten()[i:] == 0), f"pixel {i} sees a later pixel under context dropout"
+
+
+def test_context_dropout_falls_to_zero_over_its_steps() -> None:
+    from acn_dist.model.acn import context_dropout_rate
+
+    assert [context_dropout_rate(step, 0.8, 4) for step in range(6)] == pytest.approx([0.8, 0.6, 0.4, 0.2, 0.0, 0.0])
+    assert context_dropout_rate(0, 0.5, 0) == context_dropout_rate(10**6, 0.5, 0) == 0.5
+
+
 @pytest.mark.parametrize("decoder", ["deconv", "pixelcnn", "pixelcnn/spatial"])
 @pytest.mark.parametrize("encoder", ["mlp", "conv"])
 def test_shapes_nats_and_no_gradient_into_neighbour_code(encoder: str, decoder: str) -> None:

@@ -150,7 +150,11 @@ def test_prefetch_lookup_is_exact_while_warming_then_uses_stored_codes() -> None
     np.testing.assert_array_equal(store.table()[ids], moved.numpy())  # and still writes the new codes
 
 
-def test_kl_weight_is_logged_following_its_warmup(sklearn_digits: Path, tmp_path: Path) -> None:
+def test_kl_weight_and_context_dropout_are_logged_following_their_schedules(sklearn_digits: Path,
+                                                                            tmp_path: Path) -> None:
     result = train_local(digits_config(sklearn_digits.parent, tmp_path, "warm", "train.max_steps=12",
-                                       "train.kl_warmup_steps=8"))
+                                       "train.kl_warmup_steps=8", "model.decoder=pixelcnn",
+                                       "train.context_dropout=0.5", "train.context_dropout_steps=4"))
     assert [row["kl_weight"] for row in result["history"]] == [min(1.0, step / 8) for step in range(12)]
+    assert [row["context_dropout"] for row in result["history"]] == pytest.approx(
+        [0.5 * max(0.0, 1 - step / 4) for step in range(12)])

@@ -9,7 +9,10 @@ to the decoder (the VAE uses its analytic KL, 0.5 ||c||^2). No gradient flows in
 
 Against posterior collapse the training loss (never the reported code length) can weight the KL
 by a warm-up factor and give each latent dimension "free bits": while a dimension's batch-mean
-KL is below the allowance, the encoder feels no pull from it (the prior keeps fitting it).
+KL is below the allowance, the encoder feels no pull from it (the prior keeps fitting it). An
+autoregressive decoder can also be trained with part of its context hidden ("context dropout",
+as word dropout for language VAEs), falling to none over a set number of steps, so that z has to
+explain what the local statistics cannot while the decoder learns to read it.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from acn_dist.model.priors import (
 Prior = DiagonalMixture | StandardNormal
 NeighbourRequest = Callable[[torch.Tensor], Callable[[], torch.Tensor | None]]  # code -> the wait for ĉ
 
-__all__ = ["ACN", "Losses", "build_model", "kl_weight", "posterior_log_prob"]
+__all__ = ["ACN", "Losses", "build_model", "context_dropout_rate", "kl_weight", "posterior_log_prob"]
 
 
 @dataclass
@@ -53,6 +56,12 @@ def kl_weight(step: int, warmup_steps: int) -> float:
     """The KL's weight in the training loss at `step`: rising linearly from 0 to 1 over
     `warmup_steps` (1 throughout when 0)."""
     return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def context_dropout_rate(step: int, rate: float, steps: int) -> float:
+    """The share of decoder context hidden at `step`: `rate` falling linearly to 0 over `steps`
+    (`rate` throughout when `steps` is 0)."""
+    return rate if steps <= 0 else rate * max(0.0, 1.0 - step / steps)
 
 
 class ACN(nn.Module):
@@ -86,15 +95,16 @@ class ACN(nn.Module):
         """x [B, C, H, W] -> code c [B, D], the mean of q(z|x)."""
         return self.encoder(x)
 
-    def forward(self, x: torch.Tensor, ask_neighbour_codes: NeighbourRequest | None = None
-                ) -> tuple[torch.Tensor, Losses]:
+    def forward(self, x: torch.Tensor, ask_neighbour_codes: NeighbourRequest | None = None,
+                context_dropout: float = 0.0) -> tuple[torch.Tensor, Losses]:
         """Encode x, ask for ĉ with `ask_neighbour_codes(code)` (which writes the code table and
         searches it, and returns the wait for ĉ: None for the VAE), then the objective:
         `(code [B, D], Losses)`. The decoder runs before the wait, while a remote store searches.
-        One call, so that DDP sees the whole computation in one forward pass."""
+        One call, so that DDP sees the whole computation in one forward pass. `context_dropout`
+        hides that share of an autoregressive decoder's context pixels (a training option)."""
         code = self.encode(x)
         receive = ask_neighbour_codes(code.detach()) if ask_neighbour_codes is not None else (lambda: None)
-        return code, self._losses(x, code, receive)
+        return code, self._losses(x, code, receive, context_dropout=context_dropout)
 
     def prior_given(self, neighbour_code: torch.Tensor | None) -> Prior:
         return self.prior(neighbour_code.detach() if neighbour_code is not None else None)  # no gradient into ĉ
@@ -108,10 +118,10 @@ class ACN(nn.Module):
         return self._losses(x, code, lambda: neighbour_code, generator)
 
     def _losses(self, x: torch.Tensor, code: torch.Tensor, receive_neighbour_code: Callable[[], torch.Tensor | None],
-                generator: torch.Generator | None = None) -> Losses:
+                generator: torch.Generator | None = None, context_dropout: float = 0.0) -> Losses:
         """`losses`, with ĉ waited for only once z is decoded."""
         z = self.sample_posterior(code, generator)
-        reconstruction = self.likelihood.nats(self.decoder(z, x), x)
+        reconstruction = self.likelihood.nats(self.decoder(z, x, context_dropout), x)
         prior = self.prior_given(receive_neighbour_code())
         kl_per_dimension = prior.kl_per_dimension(code, z)
         kl = kl_per_dimension.sum(dim=-1)

@@ -106,8 +106,8 @@ class DeconvDecoder(nn.Module):
             nn.ConvTranspose2d(channels, self.image_channels * parameters, 4, stride=2, padding=1),
         )
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Parameters of r(x|z); `x` is unused (pixels are independent given z)."""
+    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None, context_dropout: float = 0.0) -> torch.Tensor:
+        """Parameters of r(x|z); `x` and `context_dropout` are unused (pixels are independent given z)."""
         return self.deconv(self.dense(z).reshape(-1, *self.base))
 
 
@@ -193,11 +193,19 @@ class GatedPixelCNN(nn.Module):
             nn.Conv2d(channels, self.image_channels * parameters, 1),
         )
 
-    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z."""
+    def forward(self, z: torch.Tensor, x: torch.Tensor | None = None, context_dropout: float = 0.0) -> torch.Tensor:
+        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z.
+
+        `context_dropout` (training only, against posterior collapse): each pixel of the context
+        is hidden (set to 0, midway between the centred values -1 and 1) with this probability,
+        so that the local statistics explain less and z has to say more. Hiding context never
+        reveals a later pixel: the ordering is untouched."""
         if x is None:
             raise ValueError("the PixelCNN decoder needs the image x (teacher forcing); use sample()")
         inputs = x * 2 - 1  # centre the [0, 1] pixels
+        if context_dropout > 0:
+            shown = torch.rand_like(inputs[:, :1]) >= context_dropout  # one draw per pixel, all channels
+            inputs = inputs * shown
         cond = self.condition(z)
         v, h = inputs, inputs
         for layer in self.layers:

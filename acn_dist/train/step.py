@@ -21,7 +21,7 @@ from torch import nn
 
 from acn_dist.config import TrainConfig
 from acn_dist.errors import NonFiniteError
-from acn_dist.model.acn import ACN, Losses, kl_weight
+from acn_dist.model.acn import ACN, Losses, context_dropout_rate, kl_weight
 from acn_dist.train.lookup import NeighbourLookup
 
 DEFAULTS = TrainConfig()  # frozen: safe to share
@@ -32,6 +32,7 @@ class StepResult:
     losses: Losses
     neighbour_staleness: float  # mean steps since the picked neighbour codes were written (nan: vae)
     kl_weight: float = 1.0  # the KL's weight in this step's training loss (warm-up)
+    context_dropout: float = 0.0  # the share of the decoder's context hidden in this step
     forward_s: float = 0.0  # encode, prior, decode, loss (store calls excluded)
     backward_s: float = 0.0  # backward (with DDP's allreduce) and the optimiser step
 
@@ -39,13 +40,14 @@ class StepResult:
 def train_step(model: nn.Module, acn: ACN, optimizer: torch.optim.Optimizer, lookup: NeighbourLookup,
                ids: torch.Tensor, x: torch.Tensor, step: int, settings: TrainConfig = DEFAULTS) -> StepResult:
     """Algorithm 1 for the batch (`ids` [B], `x` [B, C, H, W]). `model` runs the forward pass: the
-    DDP wrapper of `acn`, or `acn` itself. `settings` gives the KL warm-up, free bits and gradient
-    clipping. Raises `NonFiniteError` before anything of a step with NaN/Inf codes or loss reaches
-    the code table or the weights."""
+    DDP wrapper of `acn`, or `acn` itself. `settings` gives the KL warm-up, free bits, context
+    dropout and gradient clipping. Raises `NonFiniteError` before anything of a step with NaN/Inf
+    codes or loss reaches the code table or the weights."""
     started, waited_before = time.perf_counter(), lookup.wait_seconds
 
     # 2-4: encode x; send c(x) and KNN(x) to the store (the lookup); z ~ q(z|x); decode; wait for ĉ; p(z|ĉ)
-    _, losses = model(x, lambda code: lookup.ask_neighbour_codes(ids, code, step))
+    hidden = context_dropout_rate(step, settings.context_dropout, settings.context_dropout_steps)
+    _, losses = model(x, lambda code: lookup.ask_neighbour_codes(ids, code, step), context_dropout=hidden)
     weight = kl_weight(step, settings.kl_warmup_steps)
     loss = acn.training_loss(losses, weight, settings.free_bits)
     if not torch.isfinite(loss):
@@ -60,4 +62,5 @@ def train_step(model: nn.Module, acn: ACN, optimizer: torch.optim.Optimizer, loo
 
     store_wait = lookup.wait_seconds - waited_before
     return StepResult(losses=losses, neighbour_staleness=lookup.staleness, kl_weight=weight,
+                      context_dropout=hidden,
                       forward_s=forward_done - started - store_wait, backward_s=time.perf_counter() - forward_done)
