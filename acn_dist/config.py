@@ -86,6 +86,9 @@ class ModelConfig:
     pixelcnn_conditioning: str = _choice("global", "global", "spatial")
     likelihood: str = _choice("auto", "auto", "bernoulli", "logistic", "categorical")  # auto: bernoulli iff binarised, else logistic
     logistic_components: int = _at_least(5, 1)  # mixture components of the discretised logistic
+    # > 0: a fresh run scales the encoder on its first batch (LSUV) so that the codes start with this
+    # spread (q(z|x) = N(c, I): codes far under 1 are lost in z's noise); 0: PyTorch's own init
+    init_code_std: float = _at_least(0.0, 0.0)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study collapse --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 10
     python jobs/ablation.py --study conditioning --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 2 \
         --set train.kl_warmup_steps=88
+    python jobs/ablation.py --study init --config jobs/configs/mnist_digits.yaml --epochs 5
     python jobs/ablation.py --study context --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 3 \
         --set train.kl_warmup_steps=132 --set train.context_dropout_steps=132
 
@@ -21,7 +22,9 @@ Studies:
              pixel (global), or a deconv map of z with one bias per pixel (spatial, as the
              PixelVAE), with 6, 3 or 1 gated layers (fewer: a more local decoder); ACN and VAE,
              each with the config's KL warm-up
-  context    context dropout against collapse: a share (0.5, 0.8; 0 for reference) of the gated
+  init       how the encoder starts: PyTorch's init (codes ~1e-3 apart, lost in the unit noise of
+             q(z|x)) or scaled on the first batch (LSUV) so that codes spread with std 1 or 3
+  context    context dropout against collapse: a share (0.5, 0.8, 0.95; 0 for reference) of the gated
              PixelCNN's context pixels hidden, falling to none over train.context_dropout_steps
              (give it with --set); ACN and VAE, each with the config's KL warm-up
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
@@ -69,9 +72,13 @@ STUDIES: dict[str, dict[str, list[str]]] = {
                                                  f"model.pixelcnn_layers={layers}"]
         for objective in ("acn", "vae") for conditioning in ("global", "spatial") for layers in (6, 3, 1)
     },
+    "init": {
+        f"{objective}-{name}": [f"model.objective={objective}", f"model.init_code_std={std}"]
+        for objective in ("acn", "vae") for name, std in (("pytorch", 0), ("codes-1", 1.0), ("codes-3", 3.0))
+    },
     "context": {
         f"{objective}-hide-{rate}": [f"model.objective={objective}", f"train.context_dropout={rate}"]
-        for objective in ("acn", "vae") for rate in (0.5, 0.8, 0)
+        for objective in ("acn", "vae") for rate in (0.5, 0.8, 0.95, 0)
     },
 }
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]

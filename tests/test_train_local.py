@@ -14,7 +14,7 @@ from acn_dist.config import Config, load
 from acn_dist.data.reader import ShardLoader
 from acn_dist.data.shards import read_manifest
 from acn_dist.evaluate.loading import load_trained
-from acn_dist.model.acn import build_model
+from acn_dist.model.acn import ACN, build_model
 from acn_dist.runs.checkpoints import (
     latest_checkpoint,
     list_checkpoints,
@@ -111,6 +111,24 @@ def test_running_again_with_the_same_run_id_resumes(sklearn_digits: Path, tmp_pa
     kept = (row_step >= 0) & (row_step < 10)
     assert kept.sum() > 0
     np.testing.assert_array_equal(final[kept], table_at_10[kept])
+
+
+def test_a_fresh_run_starts_from_codes_of_the_asked_spread_a_resumed_one_as_it_was(
+        sklearn_digits: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    initialise = ACN.initialise_codes
+    monkeypatch.setattr(ACN, "initialise_codes", lambda acn, x, std: (calls.append(std), initialise(acn, x, std)))
+    settings = ["model.objective=vae", "model.init_code_std=1.5", "train.checkpoint_every=2", "train.epochs=2"]
+    fresh = train_local(digits_config(sklearn_digits.parent, tmp_path, "init", "train.max_steps=2", *settings))
+    # the VAE's KL is 0.5 ||c||^2: codes centred with std 1.5 on the first batch give 0.5 x 16 x 1.5^2
+    first_kl = fresh["history"][0]["kl"]
+    assert first_kl == pytest.approx(0.5 * 16 * 1.5**2, rel=0.05), first_kl
+    assert calls == [1.5]
+    resumed = train_local(digits_config(sklearn_digits.parent, tmp_path, "init", "train.max_steps=4", *settings))
+    assert resumed["step"] == 4 and calls == [1.5]  # the checkpoint's weights, not scaled again
+    plain = train_local(digits_config(sklearn_digits.parent, tmp_path, "plain", "train.max_steps=1",
+                                      "model.objective=vae"))
+    assert plain["history"][0]["kl"] < 0.05 * first_kl  # PyTorch's init: codes close together
 
 
 def planted_store(size: int = 400, dim: int = 4) -> tuple[CodeStore, np.ndarray]:

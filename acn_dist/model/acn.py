@@ -25,7 +25,7 @@ from torch import nn
 
 from acn_dist.config import Config, likelihood
 from acn_dist.model.likelihoods import Likelihood, build_likelihood
-from acn_dist.model.networks import build_decoder, build_encoder
+from acn_dist.model.networks import build_decoder, build_encoder, scale_to_data
 from acn_dist.model.priors import (
     DiagonalMixture,
     StandardNormal,
@@ -90,6 +90,11 @@ class ACN(nn.Module):
     def conditional(self) -> bool:
         """Whether the prior is conditioned on a neighbour's code (the ACN) or not (the VAE)."""
         return self.prior.conditional
+
+    def initialise_codes(self, x: torch.Tensor, code_std: float) -> None:
+        """Scale the encoder on the batch `x` so that its codes spread with `code_std` per
+        dimension, centred (a fresh model only: `networks.scale_to_data`)."""
+        scale_to_data(self.encoder, x, code_std)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] -> code c [B, D], the mean of q(z|x)."""

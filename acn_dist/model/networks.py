@@ -213,6 +213,30 @@ class GatedPixelCNN(nn.Module):
         return self.head(h)
 
 
+@torch.no_grad()
+def scale_to_data(network: nn.Module, x: torch.Tensor, output_std: float) -> None:
+    """Data-dependent initialisation ("layer-sequential unit variance", Mishkin & Matas, 2016):
+    in order, each convolution and dense layer of `network` is rescaled so that its output on the
+    batch `x` has unit variance; the last one instead so that each output has standard deviation
+    `output_std` over the batch, and mean zero. With PyTorch's default init the codes of a deep
+    encoder start ~1e-3 apart, far under the unit noise of q(z|x) = N(c, I), so z says nothing of
+    x until the decoder has learnt to do without it."""
+    layers = [m for m in network.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    seen: dict[nn.Module, torch.Tensor] = {}
+    for i, layer in enumerate(layers):
+        hook = layer.register_forward_hook(lambda module, _inputs, output: seen.__setitem__(module, output))
+        network(x)
+        hook.remove()
+        last = i == len(layers) - 1
+        spread = seen[layer].std(dim=0).mean() if last else seen[layer].std()
+        factor = (output_std if last else 1.0) / spread if spread > 0 else 1.0  # a dead layer stays as it is
+        layer.weight.mul_(factor)
+        if layer.bias is not None:
+            layer.bias.mul_(factor)
+    if layers and layers[-1].bias is not None:
+        layers[-1].bias.sub_(network(x).mean(dim=0))
+
+
 def build_encoder(kind: str, image_shape: tuple[int, int, int], code_size: int, hidden: int,
                   channels: int) -> nn.Module:
     if kind == "mlp":

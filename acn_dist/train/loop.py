@@ -88,6 +88,8 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
     run = RunFolder.at(config.train.storage_path, config.train.run_id)
     checkpointer = Checkpointer(run, config, acn, optimizer, lookup, manifest, runtime.is_main)
     position = checkpointer.restore(runtime.rank)
+    if position.step == 0 and config.model.init_code_std > 0:  # a fresh run; DDP then copies rank 0's weights
+        acn.initialise_codes(next(loader.epoch(0))[1].to(runtime.device), config.model.init_code_std)
     runtime.barrier()  # no rank writes codes before rank 0 has restored the table
     model = runtime.wrap(acn)
     total = planned_steps(loader, config)
