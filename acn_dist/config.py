@@ -87,8 +87,10 @@ class ModelConfig:
     likelihood: str = _choice("auto", "auto", "bernoulli", "logistic", "categorical")  # auto: bernoulli iff binarised, else logistic
     logistic_components: int = _at_least(5, 1)  # mixture components of the discretised logistic
     # > 0: a fresh run scales the encoder on its first batch (LSUV) so that the codes start with this
-    # spread (q(z|x) = N(c, I): codes far under 1 are lost in z's noise); 0: PyTorch's own init
-    init_code_std: float = _at_least(0.0, 0.0)
+    # spread, as the table's N(0, 1) initial codes (q(z|x) = N(c, I): codes far under 1 are lost in
+    # z's noise); 0: PyTorch's own init. mnist-digits, 5 epochs: ACN 104.0 vs 114.4 nats, linear
+    # 0.911 vs 0.886; std 3 105.6 / 0.906 (results/ablation.json, study init)
+    init_code_std: float = _at_least(1.0, 0.0)
 
 
 @dataclass(frozen=True)

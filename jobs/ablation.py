@@ -81,6 +81,10 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         for objective in ("acn", "vae") for rate in (0.5, 0.8, 0.95, 0)
     },
 }
+# Measured before model.init_code_std existed: they name PyTorch's init, the only one of the time.
+BEFORE_INIT = ("freshness", "input", "collapse", "conditioning", "context")
+STUDIES = {study: {variant: [*overrides, "model.init_code_std=0"] if study in BEFORE_INIT else overrides
+                   for variant, overrides in variants.items()} for study, variants in STUDIES.items()}
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
 
 

@@ -19,6 +19,7 @@ def test_defaults_are_the_papers_and_ours() -> None:
     config = Config()
     assert (config.codes.k, config.prior.components, config.prior.layers, config.prior.hidden) == (5, 10, 3, 512)
     assert (config.train.lr, config.train.batch_size, config.model.code_size) == (1e-3, 128, 16)
+    assert config.model.init_code_std == 1.0  # the spread of the table's N(0, 1) initial codes
 
 
 def test_overrides_are_typed() -> None:
