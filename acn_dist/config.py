@@ -135,6 +135,8 @@ class TrainConfig:
     use_gpu: bool = False
     batch_size: int = _at_least(128, 1)  # per rank
     lr: float = field(default=1e-3, metadata={"min": 0.0, "min_exclusive": True})
+    lr_schedule: str = _choice("constant", "constant", "cosine")  # cosine: lr falls to lr_min over the planned steps
+    lr_min: float = _at_least(0.0, 0.0)  # where the cosine schedule ends
     epochs: int = _at_least(1, 1)
     max_steps: int = _at_least(0, 0)  # 0 = run `epochs` epochs
     log_every: int = _at_least(20, 1)
@@ -380,6 +382,8 @@ def validate(config: Config) -> None:
     if config.train.context_dropout > 0 and config.model.decoder != "pixelcnn":
         raise ConfigError("train.context_dropout hides an autoregressive decoder's context; it needs "
                           "model.decoder=pixelcnn (or set it to 0)")
+    if config.train.lr_min >= config.train.lr:
+        raise ConfigError(f"train.lr_min={config.train.lr_min} must be below train.lr={config.train.lr}")
     if config.data.source == "synthetic" and config.data.synthetic_count < 2:
         raise ConfigError("data.synthetic_count must be >= 2")
 

@@ -9,6 +9,7 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study init --config jobs/configs/mnist_digits.yaml --epochs 5
     python jobs/ablation.py --study context --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 3 \
         --set train.kl_warmup_steps=132 --set train.context_dropout_steps=132
+    python jobs/ablation.py --study schedule --config jobs/configs/mnist_digits.yaml --epochs 10
 
 Studies:
   freshness  where ĉ comes from: Algorithm 1 as written (exact: the batch's fresh codes are
@@ -27,6 +28,8 @@ Studies:
   context    context dropout against collapse: a share (0.5, 0.8, 0.95; 0 for reference) of the gated
              PixelCNN's context pixels hidden, falling to none over train.context_dropout_steps
              (give it with --set); ACN and VAE, each with the config's KL warm-up
+  schedule   the learning rate: constant at 1e-3 (Adam's usual), or a cosine from 1e-3 or 2e-3
+             down to 0 over the run's planned steps; ACN and VAE
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
 `acn-dist evaluate` without figures or pixel baselines; the command is saved with the figures.
 """
@@ -79,6 +82,11 @@ STUDIES: dict[str, dict[str, list[str]]] = {
     "context": {
         f"{objective}-hide-{rate}": [f"model.objective={objective}", f"train.context_dropout={rate}"]
         for objective in ("acn", "vae") for rate in (0.5, 0.8, 0.95, 0)
+    },
+    "schedule": {
+        f"{objective}-{name}": [f"model.objective={objective}", f"train.lr={lr}", f"train.lr_schedule={schedule}"]
+        for objective in ("acn", "vae")
+        for name, lr, schedule in (("constant", 1e-3, "constant"), ("cosine", 1e-3, "cosine"), ("cosine-2e-3", 2e-3, "cosine"))
     },
 }
 # Measured before model.init_code_std existed: they name PyTorch's init, the only one of the time.

@@ -49,6 +49,8 @@ def test_parse_override_reads_yaml_values() -> None:
         ("lr=1", "keys are written section.key"),
         ("train.lr", "must look like section.key=value"),
         ("train.context_dropout=1", "train.context_dropout: 1.0 is out of range; it must be <= 0.95"),
+        ("train.lr_schedule=linear", "train.lr_schedule: 'linear' is not one of: constant, cosine"),
+        ("train.lr_min=0.01", "train.lr_min=0.01 must be below train.lr=0.001"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:

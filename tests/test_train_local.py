@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from acn_dist.runs.checkpoints import (
 from acn_dist.train.driver import train_local
 from acn_dist.train.lookup import ExactLookup
 from acn_dist.train.loop import image_shape_chw
-from acn_dist.train.step import train_step
+from acn_dist.train.step import learning_rate, train_step
 
 
 def digits_config(data_root: Path, runs: Path, run_id: str, *overrides: str) -> Config:
@@ -176,3 +177,23 @@ def test_kl_weight_and_context_dropout_are_logged_following_their_schedules(skle
     assert [row["kl_weight"] for row in result["history"]] == [min(1.0, step / 8) for step in range(12)]
     assert [row["context_dropout"] for row in result["history"]] == pytest.approx(
         [0.5 * max(0.0, 1 - step / 4) for step in range(12)])
+
+
+def test_cosine_learning_rate_falls_from_lr_to_lr_min_over_the_planned_steps() -> None:
+    settings = load(None, ["train.lr=0.002", "train.lr_schedule=cosine", "train.lr_min=0.0002"]).train
+    rates = [learning_rate(step, 8, settings) for step in range(10)]
+    assert rates[0] == pytest.approx(0.002) and rates[4] == pytest.approx(0.0011) and rates[8] == pytest.approx(0.0002)
+    assert all(a > b for a, b in zip(rates[:8], rates[1:8], strict=False)) and rates[9] == rates[8]
+    constant = load(None, ["train.lr=0.002"]).train
+    assert {learning_rate(step, 8, constant) for step in range(10)} == {0.002}
+
+
+def test_a_resumed_run_continues_the_same_learning_rate_curve(sklearn_digits: Path, tmp_path: Path) -> None:
+    settings = ("train.max_steps=12", "train.checkpoint_every=6", "train.lr_schedule=cosine", "train.lr_min=1e-4")
+    config = digits_config(sklearn_digits.parent, tmp_path, "cosine", *settings)
+    lrs = [row["lr"] for row in train_local(config)["history"]]
+    assert lrs == pytest.approx([learning_rate(step, 12, config.train) for step in range(12)])
+    shutil.rmtree(latest_checkpoint(tmp_path / "cosine"))  # as if it had crashed after step 6's checkpoint
+    resumed = train_local(digits_config(sklearn_digits.parent, tmp_path, "cosine", *settings))
+    assert [row["step"] for row in resumed["history"]] == list(range(7, 13))
+    assert [row["lr"] for row in resumed["history"]] == pytest.approx(lrs[6:])

@@ -28,7 +28,7 @@ from acn_dist.runs.folder import RunFolder
 from acn_dist.train.lookup import build_lookup
 from acn_dist.train.metrics import MetricsWindow, Progress, say
 from acn_dist.train.state import Checkpointer, Position
-from acn_dist.train.step import train_step
+from acn_dist.train.step import learning_rate, set_learning_rate, train_step
 from acn_dist.train.stopping import StopSignals
 
 
@@ -103,6 +103,7 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
                 break
             data_s = time.perf_counter() - waiting_since
             lookup.begin_batch(ids, following[0] if following is not None else None, epoch)
+            set_learning_rate(optimizer, learning_rate(position.step, total, config.train))
             try:
                 result = train_step(model, acn, optimizer, lookup, ids, x.to(runtime.device), position.step,
                                     config.train)

@@ -14,7 +14,8 @@ import numpy as np
 from acn_dist.train.lookup import NeighbourLookup
 from acn_dist.train.step import StepResult
 
-WINDOW_KEYS = ("loss", "kl", "reconstruction", "kl_weight", "context_dropout", "staleness", "data_ms", "forward_ms", "backward_ms")
+WINDOW_KEYS = ("loss", "kl", "reconstruction", "kl_weight", "lr", "context_dropout", "staleness",
+               "data_ms", "forward_ms", "backward_ms")
 
 
 def _mean(values: list[float]) -> float:
@@ -54,6 +55,7 @@ class MetricsWindow:
         self.values["kl"].append(float(losses.kl.detach().mean()))
         self.values["reconstruction"].append(float(losses.reconstruction.detach().mean()))
         self.values["kl_weight"].append(result.kl_weight)
+        self.values["lr"].append(result.lr)
         self.values["context_dropout"].append(result.context_dropout)
         self.values["staleness"].append(result.neighbour_staleness)
         self.values["forward_ms"].append(1000 * result.forward_s)

@@ -13,6 +13,7 @@ The VAE's lookup answers with nothing and its prior N(0, I) needs nothing.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -32,9 +33,25 @@ class StepResult:
     losses: Losses
     neighbour_staleness: float  # mean steps since the picked neighbour codes were written (nan: vae)
     kl_weight: float = 1.0  # the KL's weight in this step's training loss (warm-up)
+    lr: float = math.nan  # the optimiser's learning rate in this step
     context_dropout: float = 0.0  # the share of the decoder's context hidden in this step
     forward_s: float = 0.0  # encode, prior, decode, loss (store calls excluded)
     backward_s: float = 0.0  # backward (with DDP's allreduce) and the optimiser step
+
+
+def learning_rate(step: int, total_steps: int, settings: TrainConfig = DEFAULTS) -> float:
+    """The learning rate at `step` of `total_steps`: `settings.lr` throughout (constant), or falling
+    from `settings.lr` to `settings.lr_min` along a half cosine (cosine). A function of the step
+    alone, so a resumed run continues the same curve with nothing of it in the checkpoint."""
+    if settings.lr_schedule == "constant" or total_steps <= 0:
+        return settings.lr
+    progress = min(step / total_steps, 1.0)
+    return settings.lr_min + 0.5 * (settings.lr - settings.lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def train_step(model: nn.Module, acn: ACN, optimizer: torch.optim.Optimizer, lookup: NeighbourLookup,
@@ -62,5 +79,6 @@ def train_step(model: nn.Module, acn: ACN, optimizer: torch.optim.Optimizer, loo
 
     store_wait = lookup.wait_seconds - waited_before
     return StepResult(losses=losses, neighbour_staleness=lookup.staleness, kl_weight=weight,
+                      lr=optimizer.param_groups[0]["lr"],
                       context_dropout=hidden,
                       forward_s=forward_done - started - store_wait, backward_s=time.perf_counter() - forward_done)
