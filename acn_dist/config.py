@@ -91,6 +91,8 @@ class ModelConfig:
     # z's noise); 0: PyTorch's own init. mnist-digits, 5 epochs: ACN 104.0 vs 114.4 nats, linear
     # 0.911 vs 0.886; std 3 105.6 / 0.906 (results/ablation.json, study init)
     init_code_std: float = _at_least(1.0, 0.0)
+    # q(z|x): the paper's N(c, I) (unit), or a standard VAE's N(c, diag(sigma^2)) with sigma learnt
+    posterior: str = _choice("unit", "unit", "learned")
 
 
 @dataclass(frozen=True)

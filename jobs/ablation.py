@@ -1,6 +1,6 @@
 """The measurements behind the defaults: short runs of named variants of one config, each trained
 and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
-`results/ablation.json` (one entry per study, dataset and variant; rerunning one replaces it).
+`results/ablation.json` (one entry per study, dataset, variant and budget; rerunning one replaces it).
 
     python jobs/ablation.py --study freshness [--config jobs/configs/fashion_mnist.yaml] [--epochs 5]
     python jobs/ablation.py --study collapse --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 10
@@ -135,7 +135,8 @@ def main() -> int:
         row = run_variant(args.config, args.study, variant, variants[variant], args.epochs, args.storage, args.extra)
         print(json.dumps(row), flush=True)
         rows = json.loads(out.read_text()) if out.is_file() else []
-        rows = [r for r in rows if (r["study"], r["config"], r["variant"]) != (args.study, args.config, variant)]
+        rows = [r for r in rows
+                if (r["study"], r["config"], r["variant"], r["epochs"]) != (args.study, args.config, variant, args.epochs)]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([*rows, row], indent=1))
     return 0

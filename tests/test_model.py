@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from acn_dist.config import Config, from_dict, with_values
-from acn_dist.model.acn import ACN, posterior_log_prob
+from acn_dist.model.acn import ACN
 from acn_dist.model.likelihoods import Categorical
 from acn_dist.model.networks import GatedPixelCNN
 from acn_dist.model.priors import (
     ConditionalPrior,
     DiagonalMixture,
+    Posterior,
     StandardNormal,
     UnconditionalPrior,
 )
@@ -29,7 +30,7 @@ def test_single_sample_kl_matches_analytic_kl_for_a_gaussian_prior() -> None:
     code = torch.randn(6, 5) * 2
     samples = 40_000
     z = code + torch.randn(samples, *code.shape)
-    estimates = posterior_log_prob(z, code) - StandardNormal().log_prob(z)  # [S, B]
+    estimates = Posterior(code).log_prob(z) - StandardNormal().log_prob(z)  # [S, B]
     analytic = 0.5 * (code**2).sum(-1)
     standard_error = estimates.std(0) / math.sqrt(samples)
     assert torch.all((estimates.mean(0) - analytic).abs() < 5 * standard_error + 1e-3)
@@ -44,10 +45,10 @@ def test_acn_kl_estimate_matches_analytic_kl_for_a_one_component_prior() -> None
     prior = acn.prior(neighbour)
     mean, scale = prior.means[..., 0], prior.log_scales[..., 0].exp()
     analytic = (torch.log(scale) + (1 + (code - mean) ** 2) / (2 * scale**2) - 0.5).sum(-1)
-    estimate = acn.kl_estimate(code, neighbour, 20000, torch.Generator().manual_seed(1))
+    estimate = acn.kl_estimate(Posterior(code), neighbour, 20000, torch.Generator().manual_seed(1))
     assert torch.allclose(estimate, analytic, rtol=0.03, atol=0.05)
     vae = ACN(small_config(objective="vae"), (1, 8, 8))
-    assert torch.allclose(vae.kl_estimate(code, None, 1), 0.5 * (code**2).sum(-1))
+    assert torch.allclose(vae.kl_estimate(Posterior(code), None, 1), 0.5 * (code**2).sum(-1))
 
 
 def test_mixture_log_density_matches_direct_computation() -> None:
@@ -208,8 +209,7 @@ def test_free_bits_shape_the_training_loss_never_the_reported_code_length() -> N
     x = (torch.rand(16, 1, 8, 8) > 0.5).float()
     neighbour = torch.randn(16, 4)
     generator = torch.Generator().manual_seed(1)
-    code = acn.encode(x)
-    losses = acn.losses(x, code, neighbour, generator)
+    losses = acn.losses(x, acn.posterior(x), neighbour, generator)
     # the reported terms: the full KL, summed over dimensions, whatever free bits the loss uses
     torch.testing.assert_close(losses.kl, losses.kl_per_dimension.sum(-1))
     torch.testing.assert_close(losses.total, losses.kl + losses.reconstruction)
@@ -266,7 +266,7 @@ def test_the_forward_pass_decodes_before_it_waits_for_the_neighbour_code() -> No
     code, deferred = acn(x, ask)
     assert events == ["asked", "decoded", "waited"]
     torch.manual_seed(1)
-    direct = acn.losses(x, acn.encode(x), neighbour)
+    direct = acn.losses(x, acn.posterior(x), neighbour)
     for name in ("total", "kl", "reconstruction", "prior_fit"):
         torch.testing.assert_close(getattr(deferred, name), getattr(direct, name))
 
@@ -280,3 +280,38 @@ def test_residual_encoder_and_logistic_decoder_shapes() -> None:
     assert code.shape == (3, 4) and losses.reconstruction.shape == (3,)
     assert acn.likelihood.parameters == 15  # 5 logistics x (weight, mean, scale)
     assert 784 * 0.5 < float(losses.reconstruction.detach().mean()) < 784 * math.log(256) * 2
+
+
+def test_a_learnt_sigma_posterior_is_the_normal_it_names_with_the_analytic_and_mc_kl() -> None:
+    torch.manual_seed(0)
+    code, log_scale = torch.randn(5, 3), torch.randn(5, 3) * 0.5
+    posterior = Posterior(code, log_scale)
+    normal = torch.distributions.Normal(code, log_scale.exp())
+    z = posterior.sample(torch.Generator().manual_seed(1))
+    torch.testing.assert_close(posterior.log_prob_per_dimension(z), normal.log_prob(z))
+    draws = torch.stack([posterior.sample() for _ in range(20000)])
+    torch.testing.assert_close(draws.std(0), log_scale.exp(), rtol=0.05, atol=0.0)
+    standard = torch.distributions.Normal(torch.zeros(5, 3), torch.ones(5, 3))
+    exact = torch.distributions.kl_divergence(normal, standard)
+    torch.testing.assert_close(StandardNormal().kl_per_dimension(posterior), exact)
+    # the mixture prior's Monte-Carlo KL agrees with the closed form for a one-component N(0, 1)
+    mixture = DiagonalMixture(torch.zeros(5, 3, 1), torch.zeros(5, 3, 1), torch.zeros(5, 3, 1))
+    estimate = mixture.kl_estimate(posterior, 20000, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(estimate, exact.sum(-1), rtol=0.03, atol=0.05)
+    # a boolean mask picks the same rows of both halves
+    assert torch.equal(posterior[torch.tensor([True, False, True, False, False])].log_scale, log_scale[[0, 2]])
+
+
+@pytest.mark.parametrize("objective", ["acn", "vae"])
+def test_learned_posterior_gives_codes_of_the_code_size_and_sigma_starts_at_one(objective: str) -> None:
+    torch.manual_seed(0)
+    acn = ACN(small_config(objective=objective, posterior="learned"), (1, 8, 8))
+    x = (torch.rand(32, 1, 8, 8) > 0.5).float()
+    acn.initialise_codes(x, 1.0)
+    posterior = acn.posterior(x)
+    assert acn.encode(x).shape == posterior.code.shape == posterior.log_scale.shape == (32, 4)
+    torch.testing.assert_close(posterior.log_scale, torch.zeros(32, 4))  # sigma = 1, as the unit posterior
+    assert 0.7 < float(posterior.code.detach().std(dim=0).mean()) < 1.3
+    losses = acn.losses(x, posterior, torch.randn(32, 4), torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad(acn.training_loss(losses), acn.encoder.net[-1].weight)
+    assert grad[4:].abs().sum() > 0  # the loss trains sigma

@@ -75,3 +75,18 @@ def test_the_rendered_table_groups_rows_by_dataset_and_decoder_models_before_bas
                      ("mnist-digits", "VAE", "pixelcnn", "binarised"), ("mnist-digits", "pixels", "", "binarised"),
                      ("mnist-digits", "pixels", "", "greyscale"), ("mnist-digits", "PCA-16", "", "binarised"),
                      ("fashion-mnist", "ACN", "deconv", "greyscale"), ("fashion-mnist", "pixels", "", "greyscale")]
+
+
+def test_refreshed_losses_come_from_each_models_own_run(paper_table: ModuleType, tmp_path: Path) -> None:
+    from acn_dist.runs.folder import RunFolder
+
+    for name, first in (("acn", 100.0), ("standard-vae", 130.0)):
+        run = RunFolder.at(str(tmp_path), f"paper-mnist-digits-deconv-{name}")
+        run.path.mkdir()
+        for step in range(1, 5):  # two epochs of two logged steps
+            run.append_history({"step": step, "loss": first - step})
+    rows = [{**row("ACN", 0.9), "epochs": 2}, {**row("standard VAE", 0.8), "epochs": 2},
+            {**row("pixels", 0.7), "epochs": None}]
+    refreshed = paper_table.refresh_losses(rows, str(tmp_path))
+    assert [(r["model"], r["loss_by_epoch"]) for r in refreshed] == [("ACN", [98.5, 96.5]),
+                                                                      ("standard VAE", [128.5, 126.5])]

@@ -86,7 +86,7 @@ def test_checkpoint_round_trip_gives_the_same_loss(sklearn_digits: Path, tmp_pat
 
     def loss_of(model) -> torch.Tensor:
         with torch.no_grad():
-            return model.losses(x, model.encode(x), neighbour, torch.Generator().manual_seed(3)).total
+            return model.losses(x, model.posterior(x), neighbour, torch.Generator().manual_seed(3)).total
 
     torch.testing.assert_close(loss_of(reloaded), loss_of(acn))
     table = np.load(checkpoint / "codes" / "table.npy")

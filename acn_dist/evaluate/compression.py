@@ -40,13 +40,13 @@ def code_lengths(acn: ACN, x: torch.Tensor, neighbour_codes: torch.Tensor | None
     kl, reconstruction = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
-        code = acn.encode(xb)
+        posterior = acn.posterior(xb)
         neighbours = neighbour_codes[start:start + batch_size] if neighbour_codes is not None else None
-        kl_b = acn.kl_estimate(code, neighbours, samples, generator)
+        kl_b = acn.kl_estimate(posterior, neighbours, samples, generator)
         if unconditional is not None and unconditional[start:start + batch_size].any():
             rows = torch.from_numpy(unconditional[start:start + batch_size])
-            kl_b[rows] = acn.kl_from_scratch(code[rows], samples, generator)
-        z = acn.sample_posterior(code, generator)
+            kl_b[rows] = acn.kl_from_scratch(posterior[rows], samples, generator)
+        z = posterior.sample(generator)
         kl.append(kl_b.numpy())
         reconstruction.append(acn.likelihood.nats(acn.decoder(z, xb), xb).numpy())
     return CodeLengths(np.concatenate(kl), np.concatenate(reconstruction))

@@ -38,7 +38,7 @@ def chains_with_means(acn: ACN, x: torch.Tensor, steps: int, generator: torch.Ge
     with the real image at step 0 of both; step t + 1 decodes z ~ p(z | c(sample t))."""
     means, samples = [x], [x]
     for _ in range(steps):
-        mean, sample = decode_with_mean(acn, acn.daydream_latent(acn.encode(samples[-1]), generator), generator)
+        mean, sample = decode_with_mean(acn, acn.daydream_latent(acn.posterior(samples[-1]), generator), generator)
         means.append(mean)
         samples.append(sample)
     return torch.stack(means, dim=1), torch.stack(samples, dim=1)

@@ -3,9 +3,11 @@
     L(x) = KL( q(z|x) || p(z|ĉ) ) - E_{z~q(z|x)} log r(x|z)        (acn, ĉ a neighbour's code)
     L(x) = KL( q(z|x) || N(0, I) ) - E_{z~q(z|x)} log r(x|z)        (vae)
 
-q(z|x) = N(c, I): the encoder gives only the mean c, "the code". All terms are per example, in
-nats. Training uses a single-sample Monte-Carlo KL, log q(z|x) - log p(z|ĉ), with the same z fed
-to the decoder (the VAE uses its analytic KL, 0.5 ||c||^2). No gradient flows into ĉ.
+q(z|x) = N(c, I): the encoder gives only the mean c, "the code" (with `model.posterior=learned`
+it also gives a log sigma per dimension, as a standard VAE's posterior; c stays the code). All
+terms are per example, in nats. Training uses a single-sample Monte-Carlo KL, log q(z|x) -
+log p(z|ĉ), with the same z fed to the decoder (the VAE uses its analytic KL, 0.5 ||c||^2 for
+the unit posterior). No gradient flows into ĉ.
 
 Against posterior collapse the training loss (never the reported code length) can weight the KL
 by a warm-up factor and give each latent dimension "free bits": while a dimension's batch-mean
@@ -26,18 +28,12 @@ from torch import nn
 from acn_dist.config import Config, likelihood
 from acn_dist.model.likelihoods import Likelihood, build_likelihood
 from acn_dist.model.networks import build_decoder, build_encoder, scale_to_data
-from acn_dist.model.priors import (
-    DiagonalMixture,
-    StandardNormal,
-    build_priors,
-    posterior_log_prob,
-    sample_posterior,
-)
+from acn_dist.model.priors import DiagonalMixture, Posterior, StandardNormal, build_priors
 
 Prior = DiagonalMixture | StandardNormal
 NeighbourRequest = Callable[[torch.Tensor], Callable[[], torch.Tensor | None]]  # code -> the wait for ĉ
 
-__all__ = ["ACN", "Losses", "build_model", "context_dropout_rate", "kl_weight", "posterior_log_prob"]
+__all__ = ["ACN", "Losses", "Posterior", "build_model", "context_dropout_rate", "kl_weight"]
 
 
 @dataclass
@@ -79,7 +75,9 @@ class ACN(nn.Module):
         self.likelihood: Likelihood = build_likelihood(likelihood(config), image_shape[0], model.logistic_components)
         self.image_shape = image_shape
         self.code_size = model.code_size
-        self.encoder = build_encoder(model.encoder, image_shape, model.code_size, model.hidden, model.channels)
+        self.learned_scale = model.posterior == "learned"  # the encoder's second half: log sigma
+        self.encoder = build_encoder(model.encoder, image_shape, model.code_size * (2 if self.learned_scale else 1),
+                                     model.hidden, model.channels)
         self.decoder = build_decoder(model.decoder, image_shape, model.code_size, self.likelihood.parameters,
                                      model.hidden, model.channels, model.pixelcnn_channels,
                                      model.pixelcnn_layers, model.pixelcnn_conditioning)
@@ -91,14 +89,28 @@ class ACN(nn.Module):
         """Whether the prior is conditioned on a neighbour's code (the ACN) or not (the VAE)."""
         return self.prior.conditional
 
+    @torch.no_grad()
     def initialise_codes(self, x: torch.Tensor, code_std: float) -> None:
         """Scale the encoder on the batch `x` so that its codes spread with `code_std` per
-        dimension, centred (a fresh model only: `networks.scale_to_data`)."""
+        dimension, centred (a fresh model only: `networks.scale_to_data`); a learnt sigma starts at 1."""
         scale_to_data(self.encoder, x, code_std)
+        if self.learned_scale:
+            last = [m for m in self.encoder.modules() if isinstance(m, nn.Linear | nn.Conv2d)][-1]
+            last.weight[self.code_size:].zero_()
+            if last.bias is not None:
+                last.bias[self.code_size:].zero_()
+
+    def posterior(self, x: torch.Tensor) -> Posterior:
+        """x [B, C, H, W] -> q(z|x): its mean, the code c [B, D], and (learnt sigma) its log sigma."""
+        out = self.encoder(x)
+        if self.learned_scale:
+            code, log_scale = out.split(self.code_size, dim=-1)
+            return Posterior(code, log_scale)
+        return Posterior(out)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C, H, W] -> code c [B, D], the mean of q(z|x)."""
-        return self.encoder(x)
+        return self.posterior(x).code
 
     def forward(self, x: torch.Tensor, ask_neighbour_codes: NeighbourRequest | None = None,
                 context_dropout: float = 0.0) -> tuple[torch.Tensor, Losses]:
@@ -107,33 +119,32 @@ class ACN(nn.Module):
         `(code [B, D], Losses)`. The decoder runs before the wait, while a remote store searches.
         One call, so that DDP sees the whole computation in one forward pass. `context_dropout`
         hides that share of an autoregressive decoder's context pixels (a training option)."""
-        code = self.encode(x)
+        posterior = self.posterior(x)
+        code = posterior.code
         receive = ask_neighbour_codes(code.detach()) if ask_neighbour_codes is not None else (lambda: None)
-        return code, self._losses(x, code, receive, context_dropout=context_dropout)
+        return code, self._losses(x, posterior, receive, context_dropout=context_dropout)
 
     def prior_given(self, neighbour_code: torch.Tensor | None) -> Prior:
         return self.prior(neighbour_code.detach() if neighbour_code is not None else None)  # no gradient into ĉ
 
-    def sample_posterior(self, code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return sample_posterior(code, generator)
-
-    def losses(self, x: torch.Tensor, code: torch.Tensor, neighbour_code: torch.Tensor | None,
+    def losses(self, x: torch.Tensor, posterior: Posterior, neighbour_code: torch.Tensor | None,
                generator: torch.Generator | None = None) -> Losses:
-        """The objective for a batch whose codes are already computed (Algorithm 1, step 4)."""
-        return self._losses(x, code, lambda: neighbour_code, generator)
+        """The objective for a batch whose posterior is already computed (Algorithm 1, step 4)."""
+        return self._losses(x, posterior, lambda: neighbour_code, generator)
 
-    def _losses(self, x: torch.Tensor, code: torch.Tensor, receive_neighbour_code: Callable[[], torch.Tensor | None],
+    def _losses(self, x: torch.Tensor, posterior: Posterior,
+                receive_neighbour_code: Callable[[], torch.Tensor | None],
                 generator: torch.Generator | None = None, context_dropout: float = 0.0) -> Losses:
         """`losses`, with ĉ waited for only once z is decoded."""
-        z = self.sample_posterior(code, generator)
+        z = posterior.sample(generator)
         reconstruction = self.likelihood.nats(self.decoder(z, x, context_dropout), x)
         prior = self.prior_given(receive_neighbour_code())
-        kl_per_dimension = prior.kl_per_dimension(code, z)
+        kl_per_dimension = prior.kl_per_dimension(posterior, z)
         kl = kl_per_dimension.sum(dim=-1)
         prior_fit = -self.unconditional_prior(len(z)).log_prob(z.detach())
         return Losses(total=kl + reconstruction, kl=kl, reconstruction=reconstruction, prior_fit=prior_fit,
                       kl_per_dimension=kl_per_dimension,
-                      kl_prior_side=prior.kl_per_dimension(code.detach(), z.detach()))
+                      kl_prior_side=prior.kl_per_dimension(posterior.detach(), z.detach()))
 
     def training_loss(self, losses: Losses, kl_weight: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
         """Scalar to minimise: mean reconstruction + `kl_weight` x the mean KL (each dimension's
@@ -146,24 +157,24 @@ class ACN(nn.Module):
         return kl_weight * kl.sum() + losses.reconstruction.mean() + losses.prior_fit.mean()
 
     @torch.no_grad()
-    def kl_estimate(self, code: torch.Tensor, neighbour_code: torch.Tensor | None, samples: int,
+    def kl_estimate(self, posterior: Posterior, neighbour_code: torch.Tensor | None, samples: int,
                     generator: torch.Generator | None = None) -> torch.Tensor:
         """S-sample Monte-Carlo KL(q(z|x) || prior) per example, nats [B] (analytic for the VAE)."""
-        return self.prior_given(neighbour_code).kl_estimate(code, samples, generator)
+        return self.prior_given(neighbour_code).kl_estimate(posterior, samples, generator)
 
     @torch.no_grad()
-    def kl_from_scratch(self, code: torch.Tensor, samples: int,
+    def kl_from_scratch(self, posterior: Posterior, samples: int,
                         generator: torch.Generator | None = None) -> torch.Tensor:
         """KL to the prior from scratch (the first datum of an ordering): [B] nats."""
-        return self.unconditional_prior(len(code)).kl_estimate(code, samples, generator)
+        return self.unconditional_prior(len(posterior)).kl_estimate(posterior, samples, generator)
 
     @torch.no_grad()
-    def daydream_latent(self, code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """z for one daydream step from code c: z ~ p(z|c). The VAE's prior ignores c, so its
-        chain draws z ~ q(z|x) = N(c, I) instead."""
+    def daydream_latent(self, posterior: Posterior, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z for one daydream step from the current datum's q(z|x), code c: z ~ p(z|c). The VAE's
+        prior ignores c, so its chain draws z ~ q(z|x) instead."""
         if self.conditional:
-            return self.prior(code).sample(generator)
-        return self.sample_posterior(code, generator)
+            return self.prior(posterior.code).sample(generator)
+        return posterior.sample(generator)
 
 
 def build_model(config: Config, image_shape: tuple[int, int, int], seed: int | None = None) -> ACN:

@@ -1,14 +1,17 @@
-"""Priors over the latent z: the conditional prior network p(z|ĉ), N(0, I), and p(z).
+"""The posterior q(z|x) and the priors over the latent z: p(z|ĉ), N(0, I) and p(z).
 
 All log-densities are in nats and summed over the D latent dimensions: `log_prob(z) -> [B]`.
-Both prior families factorise over dimensions, so each also gives its KL to the posterior
-q(z|x) = N(c, I) per dimension (`kl_per_dimension`, [B, D]): single-sample Monte Carlo with the z
-the decoder sees for the mixture, analytic for N(0, I).
+The posterior is the paper's q(z|x) = N(c, I), or, as a standard VAE's, N(c, diag(sigma^2)) with a
+learnt sigma (`model.posterior=learned`); either way its mean c is the datum's code. Both prior
+families factorise over dimensions, so each also gives its KL to the posterior per dimension
+(`kl_per_dimension`, [B, D]): single-sample Monte Carlo with the z the decoder sees for the
+mixture, analytic for N(0, I).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,19 +25,37 @@ def normal_log_prob(z: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor
     return -((z - mean) ** 2) * torch.exp(-2 * log_scale) / 2 - log_scale - LOG_SQRT_2PI
 
 
-def posterior_log_prob_per_dimension(z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """log q(z|x) = log N(z; c, I) for each dimension: [B, D]."""
-    return -((z - code) ** 2) / 2 - LOG_SQRT_2PI
+@dataclass(frozen=True)
+class Posterior:
+    """q(z|x) = N(code, diag(exp(log_scale)^2)) for a batch: code [B, D]; log_scale [B, D], or None
+    for the paper's unit variance."""
 
+    code: torch.Tensor
+    log_scale: torch.Tensor | None = None
 
-def posterior_log_prob(z: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-    """log q(z|x) = log N(z; c, I), summed over dimensions: [B]."""
-    return posterior_log_prob_per_dimension(z, code).sum(dim=-1)
+    def __len__(self) -> int:
+        return len(self.code)
 
+    def __getitem__(self, rows: torch.Tensor | slice) -> Posterior:
+        return Posterior(self.code[rows], None if self.log_scale is None else self.log_scale[rows])
 
-def sample_posterior(code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z ~ q(z|x) = N(c, I): [B, D]."""
-    return code + torch.randn(code.shape, generator=generator, device=code.device, dtype=code.dtype)
+    def detach(self) -> Posterior:
+        return Posterior(self.code.detach(), None if self.log_scale is None else self.log_scale.detach())
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ q(z|x): [B, D]."""
+        noise = torch.randn(self.code.shape, generator=generator, device=self.code.device, dtype=self.code.dtype)
+        return self.code + (noise if self.log_scale is None else noise * self.log_scale.exp())
+
+    def log_prob_per_dimension(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z|x) for each dimension: [B, D]."""
+        if self.log_scale is None:
+            return -((z - self.code) ** 2) / 2 - LOG_SQRT_2PI
+        return normal_log_prob(z, self.code, self.log_scale)
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log q(z|x), summed over dimensions: [B]."""
+        return self.log_prob_per_dimension(z).sum(dim=-1)
 
 
 class DiagonalMixture:
@@ -56,16 +77,17 @@ class DiagonalMixture:
         """z: [B, D] -> [B] nats."""
         return self.log_prob_per_dimension(z).sum(dim=-1)
 
-    def kl_per_dimension(self, code: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def kl_per_dimension(self, posterior: Posterior, z: torch.Tensor) -> torch.Tensor:
         """Single-sample Monte-Carlo KL(q(z|x) || this) per dimension, log q(z|x) - log p(z): [B, D]."""
-        return posterior_log_prob_per_dimension(z, code) - self.log_prob_per_dimension(z)
+        return posterior.log_prob_per_dimension(z) - self.log_prob_per_dimension(z)
 
     @torch.no_grad()
-    def kl_estimate(self, code: torch.Tensor, samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def kl_estimate(self, posterior: Posterior, samples: int, generator: torch.Generator | None = None
+                    ) -> torch.Tensor:
         """Mean over S samples z ~ q(z|x) of log q(z|x) - log p(z): [B] nats."""
-        total = torch.zeros(len(code), device=code.device)
+        total = torch.zeros(len(posterior), device=posterior.code.device)
         for _ in range(samples):
-            total += self.kl_per_dimension(code, sample_posterior(code, generator)).sum(dim=-1)
+            total += self.kl_per_dimension(posterior, posterior.sample(generator)).sum(dim=-1)
         return total / samples
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -88,12 +110,16 @@ class StandardNormal:
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return (-(z**2) / 2 - LOG_SQRT_2PI).sum(dim=-1)
 
-    def kl_per_dimension(self, code: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """KL(N(c, I) || N(0, I)) per dimension, analytic: c^2 / 2, [B, D] (z is not needed)."""
-        return 0.5 * code**2
+    def kl_per_dimension(self, posterior: Posterior, z: torch.Tensor | None = None) -> torch.Tensor:
+        """KL(q(z|x) || N(0, I)) per dimension, analytic, [B, D] (z is not needed): c^2 / 2 for
+        the unit-variance posterior, (c^2 + sigma^2 - 1) / 2 - log sigma for a learnt sigma."""
+        if posterior.log_scale is None:
+            return 0.5 * posterior.code**2
+        return 0.5 * (posterior.code**2 + torch.exp(2 * posterior.log_scale) - 1) - posterior.log_scale
 
-    def kl_estimate(self, code: torch.Tensor, samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.kl_per_dimension(code, code).sum(dim=-1)
+    def kl_estimate(self, posterior: Posterior, samples: int = 1, generator: torch.Generator | None = None
+                    ) -> torch.Tensor:
+        return self.kl_per_dimension(posterior).sum(dim=-1)
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(self.shape, generator=generator, device=self.device)

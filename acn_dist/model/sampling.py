@@ -30,7 +30,7 @@ def daydream(acn: ACN, x: torch.Tensor, steps: int, generator: torch.Generator |
     With the VAE objective the chain is x -> c -> z ~ q(z|x) -> x ~ r(x|z) (its prior ignores c)."""
     frames = [x]
     for _ in range(steps):
-        frames.append(decode(acn, acn.daydream_latent(acn.encode(frames[-1]), generator), generator))
+        frames.append(decode(acn, acn.daydream_latent(acn.posterior(frames[-1]), generator), generator))
     return torch.stack(frames)
 
 
