@@ -10,6 +10,7 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study context --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 3 \
         --set train.kl_warmup_steps=132 --set train.context_dropout_steps=132
     python jobs/ablation.py --study schedule --config jobs/configs/mnist_digits.yaml --epochs 10
+    python jobs/ablation.py --study posterior --config jobs/configs/mnist_digits.yaml --epochs 10
 
 Studies:
   freshness  where ĉ comes from: Algorithm 1 as written (exact: the batch's fresh codes are
@@ -30,6 +31,8 @@ Studies:
              (give it with --set); ACN and VAE, each with the config's KL warm-up
   schedule   the learning rate: constant at 1e-3 (Adam's usual), or a cosine from 1e-3 or 2e-3
              down to 0 over the run's planned steps; ACN and VAE
+  posterior  q(z|x) = N(c, I), the paper's, or N(c, diag(sigma^2)) with sigma learnt (a standard
+             VAE's); ACN and VAE
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
 `acn-dist evaluate` without figures or pixel baselines; the command is saved with the figures.
 """
@@ -87,6 +90,10 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         f"{objective}-{name}": [f"model.objective={objective}", f"train.lr={lr}", f"train.lr_schedule={schedule}"]
         for objective in ("acn", "vae")
         for name, lr, schedule in (("constant", 1e-3, "constant"), ("cosine", 1e-3, "cosine"), ("cosine-2e-3", 2e-3, "cosine"))
+    },
+    "posterior": {
+        f"{objective}-{posterior}": [f"model.objective={objective}", f"model.posterior={posterior}"]
+        for objective in ("acn", "vae") for posterior in ("unit", "learned")
     },
 }
 # Measured before model.init_code_std existed: they name PyTorch's init, the only one of the time.
