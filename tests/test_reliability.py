@@ -13,7 +13,7 @@ import torch
 from acn_dist.codes.store import CodeStore
 from acn_dist.config import Config, ConfigError, load
 from acn_dist.errors import NonFiniteError
-from acn_dist.model.acn import ACN
+from acn_dist.model.acn import ACN, Posterior
 from acn_dist.runs import checkpoints as checkpoint_module
 from acn_dist.runs.checkpoints import latest_checkpoint, save_checkpoint
 from acn_dist.train.driver import train, train_local
@@ -82,8 +82,9 @@ def test_an_interrupted_snapshot_keeps_the_previous_one(tmp_path: Path, monkeypa
 # --- NaN / Inf ------------------------------------------------------------------------------------
 
 def nan_encoder(monkeypatch) -> None:
-    real_encode = ACN.encode
-    monkeypatch.setattr(ACN, "encode", lambda self, x: real_encode(self, x) * torch.nan)
+    real_posterior = ACN.posterior
+    monkeypatch.setattr(ACN, "posterior",
+                        lambda self, x: Posterior(real_posterior(self, x).code * torch.nan))
 
 
 def test_nan_codes_stop_the_run_naming_the_step_and_the_last_checkpoint_survives(
