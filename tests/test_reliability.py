@@ -83,8 +83,11 @@ def test_an_interrupted_snapshot_keeps_the_previous_one(tmp_path: Path, monkeypa
 
 def nan_encoder(monkeypatch) -> None:
     real_posterior = ACN.posterior
-    monkeypatch.setattr(ACN, "posterior",
-                        lambda self, x: Posterior(real_posterior(self, x).code * torch.nan))
+    def nan_posterior(self, x):
+        posterior = real_posterior(self, x)
+        return Posterior(posterior.code * torch.nan, posterior.log_scale)
+
+    monkeypatch.setattr(ACN, "posterior", nan_posterior)
 
 
 def test_nan_codes_stop_the_run_naming_the_step_and_the_last_checkpoint_survives(
