@@ -84,6 +84,11 @@ class ModelConfig:
     pixelcnn_channels: int = _at_least(64, 1)
     # global: z biases every gate alike; spatial: z -> deconv map of the image's size (PixelVAE)
     pixelcnn_conditioning: str = _choice("global", "global", "spatial")
+    # > 0 (spatial conditioning only): the training loss adds this weight x the nats of x under a
+    # 1x1 head on z's map alone, with no pixel context, so that z must describe the image whatever
+    # the PixelCNN learns from the local statistics (the auxiliary reconstruction loss of hybrid
+    # deconv/autoregressive VAEs, Semeniuta et al., 2017); the reported code length never has it
+    pixelcnn_auxiliary: float = _at_least(0.0, 0.0)
     likelihood: str = _choice("auto", "auto", "bernoulli", "logistic", "categorical")  # auto: bernoulli iff binarised, else logistic
     logistic_components: int = _at_least(5, 1)  # mixture components of the discretised logistic
     # > 0: a fresh run scales the encoder on its first batch (LSUV) so that the codes start with this
@@ -384,6 +389,10 @@ def validate(config: Config) -> None:
     if config.train.context_dropout > 0 and config.model.decoder != "pixelcnn":
         raise ConfigError("train.context_dropout hides an autoregressive decoder's context; it needs "
                           "model.decoder=pixelcnn (or set it to 0)")
+    if config.model.pixelcnn_auxiliary > 0 and (config.model.decoder != "pixelcnn"
+                                                 or config.model.pixelcnn_conditioning != "spatial"):
+        raise ConfigError("model.pixelcnn_auxiliary reads x from the PixelCNN's map of z; it needs "
+                          "model.decoder=pixelcnn and model.pixelcnn_conditioning=spatial (or set it to 0)")
     if config.train.lr_min >= config.train.lr:
         raise ConfigError(f"train.lr_min={config.train.lr_min} must be below train.lr={config.train.lr}")
     if config.data.source == "synthetic" and config.data.synthetic_count < 2:

@@ -66,6 +66,10 @@ def test_cross_key_validation() -> None:
     with pytest.raises(ConfigError, match="train.context_dropout .* needs model.decoder=pixelcnn"):
         from_dict({"model": {"decoder": "deconv"}, "train": {"context_dropout": 0.5}})
     assert from_dict({"model": {"decoder": "pixelcnn"}, "train": {"context_dropout": 0.5}}).train.context_dropout == 0.5
+    for model in ({"decoder": "deconv"}, {"decoder": "pixelcnn", "pixelcnn_conditioning": "global"}):
+        with pytest.raises(ConfigError, match="model.pixelcnn_auxiliary .* needs model.decoder=pixelcnn and "
+                                              "model.pixelcnn_conditioning=spatial"):
+            from_dict({"model": {**model, "pixelcnn_auxiliary": 0.5}})
 
 
 def test_yaml_errors_name_the_file(tmp_path: Path) -> None:

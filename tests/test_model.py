@@ -315,3 +315,31 @@ def test_learned_posterior_gives_codes_of_the_code_size_and_sigma_starts_at_one(
     losses = acn.losses(x, posterior, torch.randn(32, 4), torch.Generator().manual_seed(1))
     (grad,) = torch.autograd.grad(acn.training_loss(losses), acn.encoder.net[-1].weight)
     assert grad[4:].abs().sum() > 0  # the loss trains sigma
+
+
+def test_auxiliary_reconstruction_reads_z_alone_and_never_enters_the_reported_code_length() -> None:
+    torch.manual_seed(0)
+    config = small_config(decoder="pixelcnn", pixelcnn_conditioning="spatial", pixelcnn_auxiliary=0.5)
+    acn = ACN(config, (1, 8, 8))
+    x = (torch.rand(16, 1, 8, 8) > 0.5).float()
+    z = torch.randn(16, 4)
+    decoded, auxiliary = acn.decoder.decode(z, x)
+    torch.testing.assert_close(decoded, acn.decoder(z, x))  # the PixelCNN's own output is unchanged
+    _, from_other_pixels = acn.decoder.decode(z, 1 - x)
+    torch.testing.assert_close(auxiliary, from_other_pixels)  # no pixel context...
+    _, from_other_z = acn.decoder.decode(torch.randn(16, 4), x)
+    assert (auxiliary - from_other_z).abs().max() > 1e-4  # ...z alone
+
+    neighbour = torch.randn(16, 4)
+    losses = acn.losses(x, acn.posterior(x), neighbour, torch.Generator().manual_seed(1))
+    assert losses.auxiliary is not None and losses.auxiliary.shape == (16,) and bool((losses.auxiliary > 0).all())
+    torch.testing.assert_close(losses.total, losses.kl + losses.reconstruction)
+    torch.testing.assert_close(acn.training_loss(losses),
+                               losses.total.mean() + losses.prior_fit.mean() + 0.5 * losses.auxiliary.mean())
+    (to_encoder,) = torch.autograd.grad(losses.auxiliary.mean(), next(acn.encoder.parameters()))
+    assert to_encoder.abs().sum() > 0  # the auxiliary term pulls on the code
+
+    acn.eval()  # evaluation: the same reported terms, no auxiliary
+    evaluated = acn.losses(x, acn.posterior(x), neighbour, torch.Generator().manual_seed(1))
+    assert evaluated.auxiliary is None
+    torch.testing.assert_close(evaluated.total, losses.total.detach())

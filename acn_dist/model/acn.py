@@ -14,7 +14,9 @@ by a warm-up factor and give each latent dimension "free bits": while a dimensio
 KL is below the allowance, the encoder feels no pull from it (the prior keeps fitting it). An
 autoregressive decoder can also be trained with part of its context hidden ("context dropout",
 as word dropout for language VAEs), falling to none over a set number of steps, so that z has to
-explain what the local statistics cannot while the decoder learns to read it.
+explain what the local statistics cannot while the decoder learns to read it. Or the training
+loss can add an auxiliary reconstruction of x from z's map alone, weighted (a PixelCNN decoder
+with spatial conditioning): z then has to describe the image whatever the pixel context explains.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Losses:
     prior_fit: torch.Tensor  # -log p(z) of the unconditional prior on detached z (trains p(z) only)
     kl_per_dimension: torch.Tensor  # [B, D]: the KL's terms, summed into `kl`
     kl_prior_side: torch.Tensor  # [B, D]: the same with code and z detached (gradient to the prior only)
+    auxiliary: torch.Tensor | None = None  # [B]: -log r_aux(x|z) from z's map alone (training only; not in `total`)
 
 
 def kl_weight(step: int, warmup_steps: int) -> float:
@@ -80,7 +83,9 @@ class ACN(nn.Module):
                                      model.hidden, model.channels)
         self.decoder = build_decoder(model.decoder, image_shape, model.code_size, self.likelihood.parameters,
                                      model.hidden, model.channels, model.pixelcnn_channels,
-                                     model.pixelcnn_layers, model.pixelcnn_conditioning)
+                                     model.pixelcnn_layers, model.pixelcnn_conditioning,
+                                     pixelcnn_auxiliary=model.pixelcnn_auxiliary > 0)
+        self.auxiliary_weight = model.pixelcnn_auxiliary
         self.prior, self.unconditional_prior = build_priors(model.objective, model.code_size, prior.hidden,
                                                             prior.layers, prior.components, prior.min_scale)
 
@@ -137,24 +142,34 @@ class ACN(nn.Module):
                 generator: torch.Generator | None = None, context_dropout: float = 0.0) -> Losses:
         """`losses`, with ĉ waited for only once z is decoded."""
         z = posterior.sample(generator)
-        reconstruction = self.likelihood.nats(self.decoder(z, x, context_dropout), x)
+        auxiliary = None
+        if self.auxiliary_weight > 0 and self.training:
+            parameters, auxiliary_parameters = self.decoder.decode(z, x, context_dropout)
+            auxiliary = self.likelihood.nats(auxiliary_parameters, x)
+        else:
+            parameters = self.decoder(z, x, context_dropout)
+        reconstruction = self.likelihood.nats(parameters, x)
         prior = self.prior_given(receive_neighbour_code())
         kl_per_dimension = prior.kl_per_dimension(posterior, z)
         kl = kl_per_dimension.sum(dim=-1)
         prior_fit = -self.unconditional_prior(len(z)).log_prob(z.detach())
         return Losses(total=kl + reconstruction, kl=kl, reconstruction=reconstruction, prior_fit=prior_fit,
                       kl_per_dimension=kl_per_dimension,
-                      kl_prior_side=prior.kl_per_dimension(posterior.detach(), z.detach()))
+                      kl_prior_side=prior.kl_per_dimension(posterior.detach(), z.detach()), auxiliary=auxiliary)
 
     def training_loss(self, losses: Losses, kl_weight: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
         """Scalar to minimise: mean reconstruction + `kl_weight` x the mean KL (each dimension's
         batch mean counted at least `free_bits` nats as far as the encoder is concerned) + the
-        unconditional prior's own fit. With the defaults (1, 0) it is the mean code length."""
+        unconditional prior's own fit (+ the weighted auxiliary reconstruction, when the model has
+        one). With the defaults (1, 0, no auxiliary) it is the mean code length."""
         kl = losses.kl_per_dimension.mean(dim=0)  # [D]
         if free_bits > 0:
             below = kl.detach() < free_bits  # these dimensions pull only on the prior
             kl = torch.where(below, losses.kl_prior_side.mean(dim=0), kl)
-        return kl_weight * kl.sum() + losses.reconstruction.mean() + losses.prior_fit.mean()
+        loss = kl_weight * kl.sum() + losses.reconstruction.mean() + losses.prior_fit.mean()
+        if losses.auxiliary is not None:
+            loss = loss + self.auxiliary_weight * losses.auxiliary.mean()
+        return loss
 
     @torch.no_grad()
     def kl_estimate(self, posterior: Posterior, neighbour_code: torch.Tensor | None, samples: int,

@@ -173,7 +173,7 @@ class GatedPixelCNN(nn.Module):
 
     def __init__(self, image_shape: tuple[int, int, int], code_size: int, parameters: int,
                  channels: int = 64, layers: int = 6, kernel: int = 5, conditioning: str = "global",
-                 map_channels: int = 32, map_hidden: int = 512):
+                 map_channels: int = 32, map_hidden: int = 512, auxiliary: bool = False):
         super().__init__()
         self.image_channels, height, width = image_shape
         self.condition: nn.Module = nn.Identity()
@@ -192,9 +192,22 @@ class GatedPixelCNN(nn.Module):
             nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
             nn.Conv2d(channels, self.image_channels * parameters, 1),
         )
+        # x's parameters from z's map alone (no pixel context): the auxiliary reconstruction
+        self.auxiliary_head: nn.Module | None = None
+        if auxiliary:
+            if conditioning != "spatial":
+                raise ValueError("the auxiliary reconstruction reads z's spatial map: it needs conditioning='spatial'")
+            self.auxiliary_head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, self.image_channels * parameters, 1))
 
     def forward(self, z: torch.Tensor, x: torch.Tensor | None = None, context_dropout: float = 0.0) -> torch.Tensor:
-        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z.
+        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z
+        (`decode` without the auxiliary parameters)."""
+        return self.decode(z, x, context_dropout)[0]
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None,
+               context_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z,
+        and (with an auxiliary head) parameters for every pixel from z's map alone, else None.
 
         `context_dropout` (training only, against posterior collapse): each pixel of the context
         is hidden (set to 0, midway between the centred values -1 and 1) with this probability,
@@ -210,7 +223,8 @@ class GatedPixelCNN(nn.Module):
         v, h = inputs, inputs
         for layer in self.layers:
             v, h = layer(v, h, cond)
-        return self.head(h)
+        auxiliary = self.auxiliary_head(cond) if self.auxiliary_head is not None else None
+        return self.head(h), auxiliary
 
 
 @torch.no_grad()
@@ -248,9 +262,10 @@ def build_encoder(kind: str, image_shape: tuple[int, int, int], code_size: int, 
 
 def build_decoder(kind: str, image_shape: tuple[int, int, int], code_size: int, parameters: int,
                   hidden: int, channels: int, pixelcnn_channels: int, pixelcnn_layers: int,
-                  pixelcnn_conditioning: str = "global") -> nn.Module:
+                  pixelcnn_conditioning: str = "global", pixelcnn_auxiliary: bool = False) -> nn.Module:
     """A decoder emitting `parameters` numbers per pixel and channel."""
     if kind == "pixelcnn":
         return GatedPixelCNN(image_shape, code_size, parameters, pixelcnn_channels, pixelcnn_layers,
-                             conditioning=pixelcnn_conditioning, map_channels=channels, map_hidden=hidden)
+                             conditioning=pixelcnn_conditioning, map_channels=channels, map_hidden=hidden,
+                             auxiliary=pixelcnn_auxiliary)
     return DeconvDecoder(image_shape, code_size, parameters, channels, hidden)

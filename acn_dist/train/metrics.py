@@ -14,7 +14,7 @@ import numpy as np
 from acn_dist.train.lookup import NeighbourLookup
 from acn_dist.train.step import StepResult
 
-WINDOW_KEYS = ("loss", "kl", "reconstruction", "kl_weight", "lr", "context_dropout", "staleness",
+WINDOW_KEYS = ("loss", "kl", "reconstruction", "auxiliary", "kl_weight", "lr", "context_dropout", "staleness",
                "data_ms", "forward_ms", "backward_ms")
 
 
@@ -54,6 +54,7 @@ class MetricsWindow:
         self.values["loss"].append(float(losses.total.detach().mean()))
         self.values["kl"].append(float(losses.kl.detach().mean()))
         self.values["reconstruction"].append(float(losses.reconstruction.detach().mean()))
+        self.values["auxiliary"].append(math.nan if losses.auxiliary is None else float(losses.auxiliary.detach().mean()))
         self.values["kl_weight"].append(result.kl_weight)
         self.values["lr"].append(result.lr)
         self.values["context_dropout"].append(result.context_dropout)
