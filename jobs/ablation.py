@@ -11,6 +11,8 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
         --set train.kl_warmup_steps=132 --set train.context_dropout_steps=132
     python jobs/ablation.py --study schedule --config jobs/configs/mnist_digits.yaml --epochs 10
     python jobs/ablation.py --study posterior --config jobs/configs/mnist_digits.yaml --epochs 10
+    python jobs/ablation.py --study auxiliary --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 3 \
+        --set train.kl_warmup_steps=132
 
 Studies:
   freshness  where ĉ comes from: Algorithm 1 as written (exact: the batch's fresh codes are
@@ -33,6 +35,9 @@ Studies:
              down to 0 over the run's planned steps; ACN and VAE
   posterior  q(z|x) = N(c, I), the paper's, or N(c, diag(sigma^2)) with sigma learnt (a standard
              VAE's); ACN and VAE
+  auxiliary  an auxiliary reconstruction of x from the gated PixelCNN's map of z alone (no pixel
+             context) in the training loss, weighted 0.25 or 1 (0 for reference), against collapse;
+             ACN and VAE, each with the config's KL warm-up
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
 `acn-dist evaluate` without figures or pixel baselines; the command is saved with the figures.
 """
@@ -94,6 +99,10 @@ STUDIES: dict[str, dict[str, list[str]]] = {
     "posterior": {
         f"{objective}-{posterior}": [f"model.objective={objective}", f"model.posterior={posterior}"]
         for objective in ("acn", "vae") for posterior in ("unit", "learned")
+    },
+    "auxiliary": {
+        f"{objective}-auxiliary-{weight}": [f"model.objective={objective}", f"model.pixelcnn_auxiliary={weight}"]
+        for objective in ("acn", "vae") for weight in (0.25, 1, 0)
     },
 }
 # Measured before model.init_code_std existed: they name PyTorch's init, the only one of the time.
