@@ -179,6 +179,19 @@ def test_kl_weight_and_context_dropout_are_logged_following_their_schedules(skle
         [0.5 * max(0.0, 1 - step / 4) for step in range(12)])
 
 
+def test_auxiliary_reconstruction_is_logged_beside_the_code_length_and_kept_in_checkpoints(
+        sklearn_digits: Path, tmp_path: Path) -> None:
+    result = train_local(digits_config(sklearn_digits.parent, tmp_path, "aux", "train.max_steps=6",
+                                       "model.decoder=pixelcnn", "model.pixelcnn_conditioning=spatial",
+                                       "model.pixelcnn_auxiliary=0.5"))
+    rows = result["history"]
+    assert len(rows) == 6 and all(np.isfinite(row["auxiliary"]) and row["auxiliary"] > 0 for row in rows)
+    # the logged loss is the code length alone: KL + reconstruction, never the auxiliary term
+    assert [row["loss"] for row in rows] == pytest.approx([row["kl"] + row["reconstruction"] for row in rows])
+    trained = load_trained(Path(result["checkpoint"]))
+    assert trained.acn.decoder.auxiliary_head is not None and trained.config.model.pixelcnn_auxiliary == 0.5
+
+
 def test_cosine_learning_rate_falls_from_lr_to_lr_min_over_the_planned_steps() -> None:
     settings = load(None, ["train.lr=0.002", "train.lr_schedule=cosine", "train.lr_min=0.0002"]).train
     rates = [learning_rate(step, 8, settings) for step in range(10)]
