@@ -109,6 +109,9 @@ STUDIES: dict[str, dict[str, list[str]]] = {
 BEFORE_INIT = ("freshness", "input", "collapse", "conditioning", "context")
 STUDIES = {study: {variant: [*overrides, "model.init_code_std=0"] if study in BEFORE_INIT else overrides
                    for variant, overrides in variants.items()} for study, variants in STUDIES.items()}
+# Measured before the PixelCNN configs had the auxiliary reconstruction: they name it off.
+STUDIES = {study: {variant: overrides if study == "auxiliary" else [*overrides, "model.pixelcnn_auxiliary=0"]
+                   for variant, overrides in variants.items()} for study, variants in STUDIES.items()}
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
 
 
