@@ -53,7 +53,11 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "acn": ("ACN", ["model.objective=acn"]),
     "vae": ("VAE", ["model.objective=vae"]),
     "standard-vae": ("standard VAE", ["model.objective=vae", "model.posterior=learned"]),
+    # the PixelCNN rows without the configs' auxiliary reconstruction: the method as the paper trains it
+    "acn-no-auxiliary": ("ACN, no auxiliary", ["model.objective=acn", "model.pixelcnn_auxiliary=0"]),
+    "vae-no-auxiliary": ("VAE, no auxiliary", ["model.objective=vae", "model.pixelcnn_auxiliary=0"]),
 }
+DEFAULT_MODELS = ["acn", "vae", "standard-vae"]
 RUN_NAMES = {label: name for name, (label, _) in MODELS.items()}
 FLAT = 0.01  # relative change of the mean training loss over the last two epochs under which we call it converged
 
@@ -127,7 +131,7 @@ def fmt(value: float | None, digits: int) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
-MODEL_ORDER = ("ACN", "VAE", "standard VAE", "pixels", "PCA-16")
+MODEL_ORDER = ("ACN", "VAE", "standard VAE", "ACN, no auxiliary", "VAE, no auxiliary", "pixels", "PCA-16")
 
 
 def reading_order(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -164,20 +168,23 @@ def save(out: Path, fresh: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def refresh_losses(rows: list[dict[str, Any]], storage: str) -> list[dict[str, Any]]:
-    """The model rows with `loss_by_epoch` and `loss_flat` read again from their runs' logs."""
+    """The model rows with `loss_by_epoch` and `loss_flat` read again from their runs' logs (a row
+    whose run is not under `storage`, e.g. in a fresh clone, is left as it was saved)."""
     fresh = []
     for r in rows:
         if r["epochs"] is None:
             continue
         losses = loss_by_epoch(storage, f"paper-{r['dataset']}-{r['decoder']}-{RUN_NAMES[r['model']]}", r["epochs"])
-        fresh.append({**r, "loss_by_epoch": losses, "loss_flat": is_flat(losses)})
+        if losses:
+            fresh.append({**r, "loss_by_epoch": losses, "loss_flat": is_flat(losses)})
     return fresh
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, choices=list(ROWS))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS),
+                        help="the no-auxiliary models only where the config has the auxiliary (PixelCNN rows)")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="applied to every row (e.g. train.epochs=1 for a quick check)")
     parser.add_argument("--storage", default="runs/paper")

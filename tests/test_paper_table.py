@@ -86,7 +86,8 @@ def test_refreshed_losses_come_from_each_models_own_run(paper_table: ModuleType,
         for step in range(1, 5):  # two epochs of two logged steps
             run.append_history({"step": step, "loss": first - step})
     rows = [{**row("ACN", 0.9), "epochs": 2}, {**row("standard VAE", 0.8), "epochs": 2},
-            {**row("pixels", 0.7), "epochs": None}]
+            {**row("pixels", 0.7), "epochs": None},
+            {**row("VAE", 0.8), "epochs": 2, "loss_by_epoch": [120.0, 119.0]}]  # its run is not here: kept
     refreshed = paper_table.refresh_losses(rows, str(tmp_path))
     assert [(r["model"], r["loss_by_epoch"]) for r in refreshed] == [("ACN", [98.5, 96.5]),
                                                                       ("standard VAE", [128.5, 126.5])]
