@@ -200,19 +200,27 @@ class GatedPixelCNN(nn.Module):
             self.auxiliary_head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, self.image_channels * parameters, 1))
 
     def forward(self, z: torch.Tensor, x: torch.Tensor | None = None, context_dropout: float = 0.0) -> torch.Tensor:
-        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z
-        (`decode` without the auxiliary parameters)."""
-        return self.decode(z, x, context_dropout)[0]
-
-    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None,
-               context_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z,
-        and (with an auxiliary head) parameters for every pixel from z's map alone, else None.
+        """Parameters for every pixel given the pixels before it (teacher forcing on `x`) and z.
 
         `context_dropout` (training only, against posterior collapse): each pixel of the context
         is hidden (set to 0, midway between the centred values -1 and 1) with this probability,
         so that the local statistics explain less and z has to say more. Hiding context never
         reveals a later pixel: the ordering is untouched."""
+        return self.head(self._features(z, x, context_dropout)[0])
+
+    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None,
+               context_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward`'s parameters and, from the auxiliary head, parameters for every pixel from
+        z's map alone (training with the auxiliary reconstruction; `forward` never computes them,
+        so sampling pixel by pixel does not pay for them)."""
+        if self.auxiliary_head is None:
+            raise ValueError("this PixelCNN has no auxiliary head: build it with auxiliary=True")
+        features, cond = self._features(z, x, context_dropout)
+        return self.head(features), self.auxiliary_head(cond)
+
+    def _features(self, z: torch.Tensor, x: torch.Tensor | None,
+                  context_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last gated layer's horizontal stack and z's conditioning (map or vector)."""
         if x is None:
             raise ValueError("the PixelCNN decoder needs the image x (teacher forcing); use sample()")
         inputs = x * 2 - 1  # centre the [0, 1] pixels
@@ -223,8 +231,7 @@ class GatedPixelCNN(nn.Module):
         v, h = inputs, inputs
         for layer in self.layers:
             v, h = layer(v, h, cond)
-        auxiliary = self.auxiliary_head(cond) if self.auxiliary_head is not None else None
-        return self.head(h), auxiliary
+        return h, cond
 
 
 @torch.no_grad()
