@@ -2,7 +2,7 @@
 and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
 `results/ablation.json` (one entry per study, dataset, variant and budget; rerunning one replaces it).
 
-    python jobs/ablation.py --study freshness [--config jobs/configs/fashion_mnist.yaml] [--epochs 5]
+    python jobs/ablation.py --study freshness [--config C (default: the study's own, CONFIGS)] [--epochs 5]
     python jobs/ablation.py --study collapse --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 10
     python jobs/ablation.py --study conditioning --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 2 \
         --set train.kl_warmup_steps=88
@@ -49,7 +49,7 @@ import json
 import sys
 from pathlib import Path
 
-from paper_table import train_and_evaluate  # jobs/ is this script's folder
+from paper_table import first_bad_plan, train_and_evaluate  # jobs/ is this script's folder
 
 # Every variant names what it tests explicitly, so that a later change of a shipped config's defaults
 # (Fashion-MNIST went greyscale, the PixelCNN configs got a KL warm-up) does not change the study.
@@ -70,12 +70,12 @@ STUDIES: dict[str, dict[str, list[str]]] = {
     },
     "collapse": {
         "acn-plain": ["model.objective=acn", *PLAIN],
-        "acn-warmup": ["model.objective=acn", *PLAIN, "train.kl_warmup_steps=1000"],
-        "acn-freebits": ["model.objective=acn", *PLAIN, "train.free_bits=0.5"],
+        "acn-warmup": ["model.objective=acn", "train.free_bits=0", "train.kl_warmup_steps=1000"],
+        "acn-freebits": ["model.objective=acn", "train.kl_warmup_steps=0", "train.free_bits=0.5"],
         "acn-warmup-freebits": ["model.objective=acn", "train.kl_warmup_steps=1000", "train.free_bits=0.5"],
         "vae-plain": ["model.objective=vae", *PLAIN],
-        "vae-warmup": ["model.objective=vae", *PLAIN, "train.kl_warmup_steps=1000"],
-        "vae-freebits": ["model.objective=vae", *PLAIN, "train.free_bits=0.5"],
+        "vae-warmup": ["model.objective=vae", "train.free_bits=0", "train.kl_warmup_steps=1000"],
+        "vae-freebits": ["model.objective=vae", "train.kl_warmup_steps=0", "train.free_bits=0.5"],
     },
     "conditioning": {
         f"{objective}-{conditioning}-{layers}": [f"model.objective={objective}",
@@ -105,13 +105,21 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         for objective in ("acn", "vae") for weight in (0.25, 1, 0)
     },
 }
-# Measured before model.init_code_std existed: they name PyTorch's init, the only one of the time.
-BEFORE_INIT = ("freshness", "input", "collapse", "conditioning", "context")
-STUDIES = {study: {variant: [*overrides, "model.init_code_std=0"] if study in BEFORE_INIT else overrides
+# Settings a later default changed, named by the studies measured before the change, so that rerunning
+# a study runs what was measured: PyTorch's init (before model.init_code_std) and no auxiliary
+# reconstruction (before the PixelCNN configs had it).
+MEASURED_BEFORE: dict[str, tuple[str, ...]] = {
+    "model.init_code_std=0": ("freshness", "input", "collapse", "conditioning", "context"),
+    "model.pixelcnn_auxiliary=0": tuple(study for study in STUDIES if study != "auxiliary"),
+}
+STUDIES = {study: {variant: [*overrides, *(setting for setting, studies in MEASURED_BEFORE.items() if study in studies)]
                    for variant, overrides in variants.items()} for study, variants in STUDIES.items()}
-# Measured before the PixelCNN configs had the auxiliary reconstruction: they name it off.
-STUDIES = {study: {variant: overrides if study == "auxiliary" else [*overrides, "model.pixelcnn_auxiliary=0"]
-                   for variant, overrides in variants.items()} for study, variants in STUDIES.items()}
+# The config each study was measured with (the init study also ran on the PixelCNN and Fashion-MNIST configs).
+CONFIGS = {"freshness": "jobs/configs/fashion_mnist.yaml", "input": "jobs/configs/fashion_mnist.yaml",
+           "collapse": "jobs/configs/mnist_digits_pixelcnn.yaml", "conditioning": "jobs/configs/mnist_digits_pixelcnn.yaml",
+           "init": "jobs/configs/mnist_digits.yaml", "context": "jobs/configs/mnist_digits_pixelcnn.yaml",
+           "schedule": "jobs/configs/mnist_digits.yaml", "posterior": "jobs/configs/mnist_digits.yaml",
+           "auxiliary": "jobs/configs/mnist_digits_pixelcnn.yaml"}
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
 
 
@@ -135,7 +143,7 @@ def run_variant(config_path: str, study: str, variant: str, overrides: list[str]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", required=True, choices=sorted(STUDIES))
-    parser.add_argument("--config", default="jobs/configs/fashion_mnist.yaml")
+    parser.add_argument("--config", help="default: the config the study was measured with (CONFIGS)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--variants", nargs="+", help="a subset of the study's variants")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
@@ -144,18 +152,23 @@ def main() -> int:
     parser.add_argument("--out", default="results/ablation.json")
     args = parser.parse_args()
     variants = STUDIES[args.study]
+    config_path = args.config or CONFIGS[args.study]
     chosen = args.variants or list(variants)
     unknown = sorted(set(chosen) - set(variants))
     if unknown:
         print(f"error: unknown variants {unknown} of study {args.study!r}; it has {list(variants)}", file=sys.stderr)
         return 2
+    error = first_bad_plan([(config_path, [*variants[variant], *args.extra, *EVALUATION]) for variant in chosen])
+    if error:
+        print(error, file=sys.stderr)
+        return 2
     out = Path(args.out)
     for variant in chosen:
-        row = run_variant(args.config, args.study, variant, variants[variant], args.epochs, args.storage, args.extra)
+        row = run_variant(config_path, args.study, variant, variants[variant], args.epochs, args.storage, args.extra)
         print(json.dumps(row), flush=True)
         rows = json.loads(out.read_text()) if out.is_file() else []
         rows = [r for r in rows
-                if (r["study"], r["config"], r["variant"], r["epochs"]) != (args.study, args.config, variant, args.epochs)]
+                if (r["study"], r["config"], r["variant"], r["epochs"]) != (args.study, config_path, variant, args.epochs)]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([*rows, row], indent=1))
     return 0

@@ -26,6 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from acn_dist.config import load  # noqa: E402
+from acn_dist.errors import ConfigError  # noqa: E402
 from acn_dist.evaluate.loading import resolve_checkpoint  # noqa: E402
 from acn_dist.evaluate.run import evaluate  # noqa: E402
 from acn_dist.runs.folder import RunFolder  # noqa: E402
@@ -67,6 +68,17 @@ def loss_by_epoch(storage: str, run_id: str, epochs: int) -> list[float]:
     history = RunFolder.at(storage, run_id).history()
     last_step = max((int(row["step"]) for row in history), default=0)
     return [round(loss, 2) for loss in epoch_losses(history, max(last_step // epochs, 1))] if history else []
+
+
+def first_bad_plan(plans: list[tuple[str, list[str]]]) -> str | None:
+    """Every run's config loaded before any trains: the first that does not, as a one-line error
+    (a typo in the last row's --set must not surface after hours of training)."""
+    for config_path, overrides in plans:
+        try:
+            load(config_path, overrides)
+        except ConfigError as error:
+            return f"error: {error}"
+    return None
 
 
 def is_flat(losses: list[float]) -> bool | None:
@@ -199,20 +211,31 @@ def main() -> int:
         rows = save(out, refresh_losses(json.loads(out.read_text()) if out.is_file() else [], args.storage))
         print(markdown(rows) + f"\nsaved {out}")
         return 0
-    rows: list[dict[str, Any]] = []
+    plans = []
     for name in args.rows:
         config_path, budget, eval_settings = ROWS[name]
         dataset, decoder = name.split("/")
         for model in args.models:
+            if model.endswith("-no-auxiliary") and load(config_path).model.pixelcnn_auxiliary == 0:
+                print(f"error: --models {model} is the row without its config's auxiliary reconstruction; "
+                      f"{config_path} ({name}) has none: drop it or pick a PixelCNN row", file=sys.stderr)
+                return 2
             run_id = f"paper-{dataset}-{decoder}-{model}"
             overrides = [*budget, *args.extra, *MODELS[model][1], f"train.run_id={run_id}",
                          f"train.storage_path={args.storage}", "train.checkpoint_every=100000"]
-            run = train_and_evaluate(config_path, overrides, eval_settings, not args.no_figures)
-            keep_figures(run["metrics"], out.parent / "figures" / f"{dataset}-{decoder}-{model}")
-            fresh = [model_row(dataset, decoder, model, run)]
-            if model == args.models[0] and decoder == "deconv":  # baselines once per dataset
-                fresh += baseline_rows(dataset, run["metrics"], run["command"].replace("train", "evaluate", 1))
-            rows = save(out, fresh)
+            plans.append((config_path, dataset, decoder, model, overrides, eval_settings))
+    error = first_bad_plan([(plan[0], [*plan[4], *plan[5]]) for plan in plans])
+    if error:
+        print(error, file=sys.stderr)
+        return 2
+    rows: list[dict[str, Any]] = []
+    for config_path, dataset, decoder, model, overrides, eval_settings in plans:
+        run = train_and_evaluate(config_path, overrides, eval_settings, not args.no_figures)
+        keep_figures(run["metrics"], out.parent / "figures" / f"{dataset}-{decoder}-{model}")
+        fresh = [model_row(dataset, decoder, model, run)]
+        if model == args.models[0] and decoder == "deconv":  # baselines once per dataset
+            fresh += baseline_rows(dataset, run["metrics"], run["command"].replace("train", "evaluate", 1))
+        rows = save(out, fresh)
     print("\n" + markdown(rows))
     print(f"saved {out}")
     return 0

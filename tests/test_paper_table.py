@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -91,3 +93,17 @@ def test_refreshed_losses_come_from_each_models_own_run(paper_table: ModuleType,
     refreshed = paper_table.refresh_losses(rows, str(tmp_path))
     assert [(r["model"], r["loss_by_epoch"]) for r in refreshed] == [("ACN", [98.5, 96.5]),
                                                                       ("standard VAE", [128.5, 126.5])]
+
+
+@pytest.mark.parametrize(("arguments", "culprit"), [
+    (["--rows", "mnist-digits/deconv", "--set", "train.epoch=3"], "train.epoch"),
+    (["--rows", "mnist-digits/deconv", "--models", "acn-no-auxiliary"], "acn-no-auxiliary"),
+])
+def test_a_bad_setting_is_refused_before_anything_trains_or_is_written(
+        tmp_path: Path, arguments: list[str], culprit: str) -> None:
+    out = tmp_path / "results" / "table.json"
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "paper_table.py"), *arguments, "--out", str(out),
+                           "--storage", str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and culprit in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "runs").exists()

@@ -1,0 +1,65 @@
+"""`jobs/ablation.py`'s studies: every variant is a valid config on the config its study was measured
+with, and rerunning a study measured before a default changed runs the setting it was measured with."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from acn_dist import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ablation() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "jobs"))  # ablation.py imports paper_table from its own folder
+    try:
+        spec = importlib.util.spec_from_file_location("ablation", ROOT / "jobs" / "ablation.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "jobs"))
+    return module
+
+
+def test_every_variant_loads_on_its_studys_config_and_sets_what_it_names(ablation: ModuleType) -> None:
+    assert set(ablation.CONFIGS) == set(ablation.STUDIES)
+    for study, variants in ablation.STUDIES.items():
+        for variant, overrides in variants.items():
+            loaded = config.load(ROOT / ablation.CONFIGS[study], overrides)
+            config.validate(loaded)
+            # one value per key, so no variant silently overrides its own setting
+            keys = [override.split("=", 1)[0] for override in overrides]
+            assert len(keys) == len(set(keys)), (study, variant, overrides)
+            for override in overrides:
+                key, value = config.parse_override(override)
+                section, name = key.split(".")
+                assert getattr(getattr(loaded, section), name) == value, (study, variant, override)
+
+
+def test_studies_measured_before_a_default_changed_name_the_old_setting(ablation: ModuleType) -> None:
+    for study, variants in ablation.STUDIES.items():
+        auxiliary = {next(o for o in overrides if o.startswith("model.pixelcnn_auxiliary=")) for overrides in variants.values()}
+        # only the auxiliary study varies the weight; every other study ran before it existed
+        assert auxiliary == ({"model.pixelcnn_auxiliary=0.25", "model.pixelcnn_auxiliary=1", "model.pixelcnn_auxiliary=0"}
+                             if study == "auxiliary" else {"model.pixelcnn_auxiliary=0"}), study
+        if study in ("freshness", "input", "collapse", "conditioning", "context"):  # ran before init_code_std
+            assert all("model.init_code_std=0" in overrides for overrides in variants.values()), study
+
+
+def test_a_bad_setting_is_refused_before_any_variant_trains(tmp_path: Path) -> None:
+    out = tmp_path / "ablation.json"
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "ablation.py"), "--study", "auxiliary",
+                           "--set", "train.kl_warmup=132", "--out", str(out), "--storage", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: ") and "train.kl_warmup" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "runs").exists()
