@@ -21,7 +21,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -68,6 +68,16 @@ def loss_by_epoch(storage: str, run_id: str, epochs: int) -> list[float]:
     history = RunFolder.at(storage, run_id).history()
     last_step = max((int(row["step"]) for row in history), default=0)
     return [round(loss, 2) for loss in epoch_losses(history, max(last_step // epochs, 1))] if history else []
+
+
+class Plan(NamedTuple):
+    """One model of one row, as it will be trained and evaluated."""
+    config_path: str
+    dataset: str
+    decoder: str
+    model: str
+    overrides: list[str]
+    eval_settings: list[str]
 
 
 def first_bad_plan(plans: list[tuple[str, list[str]]]) -> str | None:
@@ -211,7 +221,7 @@ def main() -> int:
         rows = save(out, refresh_losses(json.loads(out.read_text()) if out.is_file() else [], args.storage))
         print(markdown(rows) + f"\nsaved {out}")
         return 0
-    plans = []
+    plans: list[Plan] = []
     for name in args.rows:
         config_path, budget, eval_settings = ROWS[name]
         dataset, decoder = name.split("/")
@@ -223,8 +233,8 @@ def main() -> int:
             run_id = f"paper-{dataset}-{decoder}-{model}"
             overrides = [*budget, *args.extra, *MODELS[model][1], f"train.run_id={run_id}",
                          f"train.storage_path={args.storage}", "train.checkpoint_every=100000"]
-            plans.append((config_path, dataset, decoder, model, overrides, eval_settings))
-    error = first_bad_plan([(plan[0], [*plan[4], *plan[5]]) for plan in plans])
+            plans.append(Plan(config_path, dataset, decoder, model, overrides, eval_settings))
+    error = first_bad_plan([(plan.config_path, [*plan.overrides, *plan.eval_settings]) for plan in plans])
     if error:
         print(error, file=sys.stderr)
         return 2
