@@ -34,7 +34,6 @@ def test_every_variant_loads_on_its_studys_config_and_sets_what_it_names(ablatio
     for study, variants in ablation.STUDIES.items():
         for variant, overrides in variants.items():
             loaded = config.load(ROOT / ablation.CONFIGS[study], overrides)
-            config.validate(loaded)
             # one value per key, so no variant silently overrides its own setting
             keys = [override.split("=", 1)[0] for override in overrides]
             assert len(keys) == len(set(keys)), (study, variant, overrides)
