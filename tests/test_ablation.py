@@ -3,7 +3,6 @@ with, and rerunning a study measured before a default changed runs the setting i
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,21 +11,14 @@ from types import ModuleType
 import pytest
 
 from acn_dist import config
+from tests.job_scripts import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ablation() -> ModuleType:
-    sys.path.insert(0, str(ROOT / "jobs"))  # ablation.py imports paper_table from its own folder
-    try:
-        spec = importlib.util.spec_from_file_location("ablation", ROOT / "jobs" / "ablation.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "jobs"))
-    return module
+    return load_job("ablation")
 
 
 def test_every_variant_loads_on_its_studys_config_and_sets_what_it_names(ablation: ModuleType) -> None:

@@ -3,7 +3,6 @@ unless replaced, convergence judged from the epoch means."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,16 +11,14 @@ from types import ModuleType
 
 import pytest
 
+from tests.job_scripts import load_job
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def paper_table() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("paper_table", ROOT / "jobs" / "paper_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_job("paper_table")
 
 
 def row(model: str, linear: float, dataset: str = "mnist-digits") -> dict:
