@@ -13,6 +13,7 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study posterior --config jobs/configs/mnist_digits.yaml --epochs 10
     python jobs/ablation.py --study auxiliary --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 3 \
         --set train.kl_warmup_steps=132
+    python jobs/ablation.py --study neighbours --config jobs/configs/fashion_mnist.yaml --epochs 3
 
 Studies:
   freshness  where ĉ comes from: Algorithm 1 as written (exact: the batch's fresh codes are
@@ -38,6 +39,8 @@ Studies:
   auxiliary  an auxiliary reconstruction of x from the gated PixelCNN's map of z alone (no pixel
              context) in the training loss, weighted 0.25 or 1 (0 for reference), against collapse;
              ACN and VAE, each with the config's KL warm-up
+  neighbours K, the neighbours ĉ is drawn from (1, 5: the default, 20): one neighbour makes the
+             prior follow the code's nearest code; more make it cover a wider neighbourhood
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
 `acn-dist evaluate` without figures or pixel baselines; the command is saved with the figures.
 """
@@ -104,13 +107,15 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         f"{objective}-auxiliary-{weight}": [f"model.objective={objective}", f"model.pixelcnn_auxiliary={weight}"]
         for objective in ("acn", "vae") for weight in (0.25, 1, 0)
     },
+    "neighbours": {f"acn-k-{k}": ["model.objective=acn", f"codes.k={k}"] for k in (1, 5, 20)},
 }
 # Settings a later default changed, named by the studies measured before the change, so that rerunning
 # a study runs what was measured: PyTorch's init (before model.init_code_std) and no auxiliary
 # reconstruction (before the PixelCNN configs had it).
 MEASURED_BEFORE: dict[str, tuple[str, ...]] = {
     "model.init_code_std=0": ("freshness", "input", "collapse", "conditioning", "context"),
-    "model.pixelcnn_auxiliary=0": tuple(study for study in STUDIES if study != "auxiliary"),
+    "model.pixelcnn_auxiliary=0": ("freshness", "input", "collapse", "conditioning", "init", "context", "schedule",
+                                   "posterior"),
 }
 STUDIES = {study: {variant: [*overrides, *(setting for setting, studies in MEASURED_BEFORE.items() if study in studies)]
                    for variant, overrides in variants.items()} for study, variants in STUDIES.items()}
@@ -119,7 +124,7 @@ CONFIGS = {"freshness": "jobs/configs/fashion_mnist.yaml", "input": "jobs/config
            "collapse": "jobs/configs/mnist_digits_pixelcnn.yaml", "conditioning": "jobs/configs/mnist_digits_pixelcnn.yaml",
            "init": "jobs/configs/mnist_digits.yaml", "context": "jobs/configs/mnist_digits_pixelcnn.yaml",
            "schedule": "jobs/configs/mnist_digits.yaml", "posterior": "jobs/configs/mnist_digits.yaml",
-           "auxiliary": "jobs/configs/mnist_digits_pixelcnn.yaml"}
+           "auxiliary": "jobs/configs/mnist_digits_pixelcnn.yaml", "neighbours": "jobs/configs/fashion_mnist.yaml"}
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
 
 
