@@ -163,7 +163,8 @@ def main() -> int:
     if unknown:
         print(f"error: unknown variants {unknown} of study {args.study!r}; it has {list(variants)}", file=sys.stderr)
         return 2
-    error = first_bad_plan([(config_path, [*variants[variant], *args.extra, *EVALUATION]) for variant in chosen])
+    budget = [f"train.epochs={args.epochs}"]
+    error = first_bad_plan([(config_path, [*variants[variant], *args.extra, *budget, *EVALUATION]) for variant in chosen])
     if error:
         print(error, file=sys.stderr)
         return 2

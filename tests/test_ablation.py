@@ -48,12 +48,14 @@ def test_studies_measured_before_a_default_changed_name_the_old_setting(ablation
             assert all("model.init_code_std=0" in overrides for overrides in variants.values()), study
 
 
-def test_a_bad_setting_is_refused_before_any_variant_trains(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arguments", "culprit"), [(["--set", "train.kl_warmup=132"], "train.kl_warmup"),
+                                                   (["--epochs", "0"], "train.epochs")])
+def test_a_bad_setting_is_refused_before_any_variant_trains(tmp_path: Path, arguments: list[str], culprit: str) -> None:
     out = tmp_path / "ablation.json"
-    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "ablation.py"), "--study", "auxiliary",
-                           "--set", "train.kl_warmup=132", "--out", str(out), "--storage", str(tmp_path / "runs")],
+    done = subprocess.run([sys.executable, str(ROOT / "jobs" / "ablation.py"), "--study", "auxiliary", *arguments,
+                           "--out", str(out), "--storage", str(tmp_path / "runs")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: ") and "train.kl_warmup" in done.stderr
+    assert done.stderr.startswith("error: ") and culprit in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "runs").exists()
