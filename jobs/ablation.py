@@ -128,11 +128,16 @@ CONFIGS = {"freshness": "jobs/configs/fashion_mnist.yaml", "input": "jobs/config
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
 
 
-def run_variant(config_path: str, study: str, variant: str, overrides: list[str], epochs: int,
-                storage: str, extra: list[str]) -> dict:
+def variant_settings(config_path: str, study: str, variant: str, overrides: list[str], epochs: int,
+                     storage: str, extra: list[str]) -> list[str]:
+    """What a variant trains with: its overrides, the run's --set and budget, one process, its own run."""
     run_id = f"ablation-{study}-{Path(config_path).stem}-{variant}"
-    settings = [*overrides, *extra, f"train.epochs={epochs}", "train.num_workers=0", f"train.run_id={run_id}",
-                f"train.storage_path={storage}", "train.checkpoint_every=1000000", "tracking.enabled=false"]
+    return [*overrides, *extra, f"train.epochs={epochs}", "train.num_workers=0", f"train.run_id={run_id}",
+            f"train.storage_path={storage}", "train.checkpoint_every=1000000", "tracking.enabled=false"]
+
+
+def run_variant(config_path: str, study: str, variant: str, overrides: list[str], epochs: int,
+                settings: list[str]) -> dict:
     print(f"\n== {study}/{variant}", flush=True)
     run = train_and_evaluate(config_path, settings, EVALUATION, figures_on=False)
     metrics, last = run["metrics"], run["last_window"]
@@ -163,14 +168,15 @@ def main() -> int:
     if unknown:
         print(f"error: unknown variants {unknown} of study {args.study!r}; it has {list(variants)}", file=sys.stderr)
         return 2
-    budget = [f"train.epochs={args.epochs}"]
-    error = first_bad_plan([(config_path, [*variants[variant], *args.extra, *budget, *EVALUATION]) for variant in chosen])
+    settings = {variant: variant_settings(config_path, args.study, variant, variants[variant], args.epochs, args.storage,
+                                          args.extra) for variant in chosen}
+    error = first_bad_plan([(config_path, [*settings[variant], *EVALUATION]) for variant in chosen])
     if error:
         print(error, file=sys.stderr)
         return 2
     out = Path(args.out)
     for variant in chosen:
-        row = run_variant(config_path, args.study, variant, variants[variant], args.epochs, args.storage, args.extra)
+        row = run_variant(config_path, args.study, variant, variants[variant], args.epochs, settings[variant])
         print(json.dumps(row), flush=True)
         rows = json.loads(out.read_text()) if out.is_file() else []
         rows = [r for r in rows
