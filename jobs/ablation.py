@@ -15,7 +15,7 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
         --set train.kl_warmup_steps=132
     python jobs/ablation.py --study neighbours --config jobs/configs/fashion_mnist.yaml --epochs 3
     python jobs/ablation.py --study neighbours --variants acn-k-20 --epochs 20   # against the paper table's K = 5 rows
-    python jobs/ablation.py --study neighbours --config jobs/configs/mnist_digits.yaml --variants acn-k-20 --epochs 30
+    python jobs/ablation.py --study neighbours --config jobs/configs/mnist_digits.yaml --variants acn-k-5 acn-k-20 --epochs 30
 
 Studies:
   freshness  where ĉ comes from: Algorithm 1 as written (exact: the batch's fresh codes are
