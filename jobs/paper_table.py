@@ -80,6 +80,13 @@ class Plan(NamedTuple):
     eval_settings: list[str]
 
 
+def without_replaced(budget: list[str], extra: list[str]) -> list[str]:
+    """The row's budget less the keys the run's --set gives again, so that the row's command names
+    each setting once (`--set train.epochs=20` replaces the row's `train.epochs=10`)."""
+    given = {setting.split("=", 1)[0] for setting in extra}
+    return [setting for setting in budget if setting.split("=", 1)[0] not in given]
+
+
 def first_bad_plan(plans: list[tuple[str, list[str]]]) -> str | None:
     """Every run's config loaded before any trains: the first that does not, as a one-line error
     (a typo in the last row's --set must not surface after hours of training)."""
@@ -231,7 +238,7 @@ def main() -> int:
                       f"{config_path} ({name}) has none: drop it or pick a PixelCNN row", file=sys.stderr)
                 return 2
             run_id = f"paper-{dataset}-{decoder}-{model}"
-            overrides = [*budget, *args.extra, *MODELS[model][1], f"train.run_id={run_id}",
+            overrides = [*without_replaced(budget, args.extra), *args.extra, *MODELS[model][1], f"train.run_id={run_id}",
                          f"train.storage_path={args.storage}", "train.checkpoint_every=100000"]
             plans.append(Plan(config_path, dataset, decoder, model, overrides, eval_settings))
     error = first_bad_plan([(plan.config_path, [*plan.overrides, *plan.eval_settings]) for plan in plans])

@@ -92,6 +92,12 @@ def test_refreshed_losses_come_from_each_models_own_run(paper_table: ModuleType,
                                                                       ("standard VAE", [128.5, 126.5])]
 
 
+def test_a_budget_given_again_by_set_is_named_once_in_the_rows_command(paper_table: ModuleType) -> None:
+    budget = ["train.epochs=10", "train.kl_warmup_steps=441"]
+    assert paper_table.without_replaced(budget, ["train.epochs=20", "codes.k=20"]) == ["train.kl_warmup_steps=441"]
+    assert paper_table.without_replaced(budget, ["train.epochs_x=1"]) == budget  # a key, not a prefix
+
+
 @pytest.mark.parametrize(("arguments", "culprit"), [
     (["--rows", "mnist-digits/deconv", "--set", "train.epoch=3"], "train.epoch"),
     (["--rows", "mnist-digits/deconv", "--models", "acn-no-auxiliary"], "acn-no-auxiliary"),
