@@ -16,6 +16,8 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study neighbours --config jobs/configs/fashion_mnist.yaml --epochs 3
     python jobs/ablation.py --study neighbours --variants acn-k-20 --epochs 20   # against the paper table's K = 5 rows
     python jobs/ablation.py --study neighbours --config jobs/configs/mnist_digits.yaml --variants acn-k-5 acn-k-20 --epochs 30
+    python jobs/ablation.py --study input --config jobs/configs/mnist_digits.yaml --variants greyscale-resnet \
+        --epochs 30 --set model.init_code_std=1   # a --set replaces the variant's own setting of that key
 
 Studies:
   freshness  where ĉ comes from: Algorithm 1 as written (exact: the batch's fresh codes are
@@ -54,7 +56,8 @@ import json
 import sys
 from pathlib import Path
 
-from paper_table import first_bad_plan, train_and_evaluate  # jobs/ is this script's folder
+# a sibling script: jobs/ is on sys.path as this script's folder
+from paper_table import first_bad_plan, train_and_evaluate, without_replaced
 
 # Every variant names what it tests explicitly, so that a later change of a shipped config's defaults
 # (Fashion-MNIST went greyscale, the PixelCNN configs got a KL warm-up) does not change the study.
@@ -130,16 +133,19 @@ CONFIGS = {"freshness": "jobs/configs/fashion_mnist.yaml", "input": "jobs/config
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
 
 
-def variant_settings(config_path: str, study: str, variant: str, overrides: list[str], epochs: int,
-                     storage: str, extra: list[str]) -> list[str]:
-    """What a variant trains with: its overrides, the run's --set and budget, one process, its own run."""
+def variant_settings(config_path: str, study: str, variant: str, epochs: int, storage: str,
+                     extra: list[str]) -> tuple[list[str], list[str]]:
+    """The variant's own settings that train (a key the run's --set gives again, e.g. an old default of
+    MEASURED_BEFORE, is the --set's: the row and its command name each key once, with the value that
+    trained), and all it trains with: those, the --set and budget, one process, its own run."""
+    overrides = without_replaced(STUDIES[study][variant], extra)
     run_id = f"ablation-{study}-{Path(config_path).stem}-{variant}"
-    return [*overrides, *extra, f"train.epochs={epochs}", "train.num_workers=0", f"train.run_id={run_id}",
-            f"train.storage_path={storage}", "train.checkpoint_every=1000000", "tracking.enabled=false"]
+    return overrides, [*overrides, *extra, f"train.epochs={epochs}", "train.num_workers=0", f"train.run_id={run_id}",
+                       f"train.storage_path={storage}", "train.checkpoint_every=1000000", "tracking.enabled=false"]
 
 
-def run_variant(config_path: str, study: str, variant: str, overrides: list[str], epochs: int,
-                settings: list[str]) -> dict:
+def run_variant(config_path: str, study: str, variant: str, overrides: list[str], settings: list[str],
+                epochs: int) -> dict:
     print(f"\n== {study}/{variant}", flush=True)
     run = train_and_evaluate(config_path, settings, EVALUATION, figures_on=False)
     metrics, last = run["metrics"], run["last_window"]
@@ -170,15 +176,16 @@ def main() -> int:
     if unknown:
         print(f"error: unknown variants {unknown} of study {args.study!r}; it has {list(variants)}", file=sys.stderr)
         return 2
-    settings = {variant: variant_settings(config_path, args.study, variant, variants[variant], args.epochs, args.storage,
-                                          args.extra) for variant in chosen}
-    error = first_bad_plan([(config_path, [*settings[variant], *EVALUATION]) for variant in chosen])
+    plans = {variant: variant_settings(config_path, args.study, variant, args.epochs, args.storage, args.extra)
+             for variant in chosen}
+    error = first_bad_plan([(config_path, [*settings, *EVALUATION]) for _, settings in plans.values()])
     if error:
         print(error, file=sys.stderr)
         return 2
     out = Path(args.out)
     for variant in chosen:
-        row = run_variant(config_path, args.study, variant, variants[variant], args.epochs, settings[variant])
+        overrides, settings = plans[variant]
+        row = run_variant(config_path, args.study, variant, overrides, settings, args.epochs)
         print(json.dumps(row), flush=True)
         rows = json.loads(out.read_text()) if out.is_file() else []
         rows = [r for r in rows

@@ -48,6 +48,19 @@ def test_studies_measured_before_a_default_changed_name_the_old_setting(ablation
             assert all("model.init_code_std=0" in overrides for overrides in variants.values()), study
 
 
+def test_a_set_key_replaces_the_variants_own_setting_once(ablation: ModuleType) -> None:
+    # the input study ran from PyTorch's init (model.init_code_std=0); --set asks for the unit-spread start
+    own = ablation.STUDIES["input"]["greyscale-resnet"]
+    assert "model.init_code_std=0" in own
+    overrides, settings = ablation.variant_settings("jobs/configs/mnist_digits.yaml", "input", "greyscale-resnet", 30,
+                                                    "runs/ablation", ["model.init_code_std=1"])
+    assert overrides == [o for o in own if o != "model.init_code_std=0"]  # what the row records trained
+    keys = [setting.split("=", 1)[0] for setting in settings]
+    assert len(keys) == len(set(keys)), settings  # the command names each key once
+    loaded = config.load(ROOT / "jobs/configs/mnist_digits.yaml", settings)
+    assert loaded.model.init_code_std == 1 and loaded.data.binarize == "none" and loaded.train.epochs == 30
+
+
 @pytest.mark.parametrize(("arguments", "culprit"), [(["--set", "train.kl_warmup=132"], "train.kl_warmup"),
                                                    (["--epochs", "0"], "train.epochs")])
 def test_a_bad_setting_is_refused_before_any_variant_trains(tmp_path: Path, arguments: list[str], culprit: str) -> None:
