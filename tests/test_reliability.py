@@ -218,14 +218,20 @@ def test_stop_signals_are_noted_once_then_act_as_before_and_the_handlers_come_ba
 
     from acn_dist.train.stopping import StopSignals
 
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    with StopSignals() as stop:
-        assert not stop.requested
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signum == signal.SIGTERM
-        with pytest.raises(KeyboardInterrupt):  # a second signal acts as before: Ctrl-C twice interrupts
-            os.kill(os.getpid(), signal.SIGINT)
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    # SIGINT as a terminal session has it: a shell's background job (`make test &`, nohup) starts with it
+    # ignored, and there a second signal rightly does nothing, as before
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        with StopSignals() as stop:
+            assert not stop.requested
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM
+            with pytest.raises(KeyboardInterrupt):  # a second signal acts as before: Ctrl-C twice interrupts
+                os.kill(os.getpid(), signal.SIGINT)
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 # --- load -----------------------------------------------------------------------------------------
