@@ -65,6 +65,9 @@ class DataConfig:
     synthetic_count: int = _in_range(10000, 1, 10_000_000)
     synthetic_size: int = _at_least(28, 4)  # side of synthetic images
     binarize: str = _choice("dynamic", "none", "dynamic", "static")  # for training
+    # training only: each datum moves by up to this many pixels in each direction, its own offset per
+    # epoch (acn_dist/data/augment.py); 0 = the images as they are, the paper's
+    augment_shift: int = _at_least(0, 0)
     loader_workers: int = _at_least(1, 0)  # per rank; 0 = read in the training process
     shuffle_buffer: int = _at_least(1000, 0)
     seed: int = 0

@@ -1,6 +1,6 @@
 """The measurements behind the defaults: short runs of named variants of one config, each trained
 and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
-`results/ablation.json` (one entry per study, dataset, variant and budget; rerunning one replaces it).
+`results/ablation.json` (one entry per study, dataset, variant, budget and seed; rerunning one replaces it).
 
     python jobs/ablation.py --study freshness [--config C (default: the study's own, CONFIGS)] [--epochs 5]
     python jobs/ablation.py --study collapse --config jobs/configs/mnist_digits_pixelcnn.yaml --epochs 10
@@ -16,6 +16,8 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study neighbours --config jobs/configs/fashion_mnist.yaml --epochs 3
     python jobs/ablation.py --study neighbours --variants acn-k-20 --epochs 20   # against the paper table's K = 5 rows
     python jobs/ablation.py --study neighbours --config jobs/configs/mnist_digits.yaml --variants acn-k-5 acn-k-20 --epochs 30
+    python jobs/ablation.py --study augment --variants acn-shift-2 --epochs 30   # against the K = 5 rows
+    python jobs/ablation.py --study augment --epochs 30 --seeds 1 2   # one row per variant and seed (train.seed)
     python jobs/ablation.py --study input --config jobs/configs/mnist_digits.yaml --variants greyscale-resnet \
         --epochs 30 --set model.init_code_std=1   # a --set replaces the variant's own setting of that key
 
@@ -45,6 +47,8 @@ Studies:
              ACN and VAE, each with the config's KL warm-up
   neighbours K, the neighbours ĉ is drawn from (1, 5: the default, 20): one neighbour makes the
              prior follow the code's nearest code; more make it cover a wider neighbourhood
+  augment    training images moved by up to 2 pixels each way, a fresh offset per datum and epoch
+             (0 for reference): 8,000 mnist-digits are an eighth of the paper's MNIST; ACN and VAE
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
 `acn-dist evaluate` without figures or pixel baselines; the command is saved with the figures.
 """
@@ -58,6 +62,8 @@ from pathlib import Path
 
 # a sibling script: jobs/ is on sys.path as this script's folder
 from paper_table import first_bad_plan, train_and_evaluate, without_replaced
+
+from acn_dist.config import load  # paper_table put the repository on sys.path
 
 # Every variant names what it tests explicitly, so that a later change of a shipped config's defaults
 # (Fashion-MNIST went greyscale, the PixelCNN configs got a KL warm-up) does not change the study.
@@ -113,6 +119,10 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         for objective in ("acn", "vae") for weight in (0.25, 1, 0)
     },
     "neighbours": {f"acn-k-{k}": ["model.objective=acn", f"codes.k={k}"] for k in (1, 5, 20)},
+    "augment": {
+        f"{objective}-shift-{pixels}": [f"model.objective={objective}", f"data.augment_shift={pixels}"]
+        for objective in ("acn", "vae") for pixels in (0, 2)
+    },
 }
 # Settings a later default changed, named by the studies measured before the change, so that rerunning
 # a study runs what was measured: PyTorch's init (before model.init_code_std) and no auxiliary
@@ -129,27 +139,39 @@ CONFIGS = {"freshness": "jobs/configs/fashion_mnist.yaml", "input": "jobs/config
            "collapse": "jobs/configs/mnist_digits_pixelcnn.yaml", "conditioning": "jobs/configs/mnist_digits_pixelcnn.yaml",
            "init": "jobs/configs/mnist_digits.yaml", "context": "jobs/configs/mnist_digits_pixelcnn.yaml",
            "schedule": "jobs/configs/mnist_digits.yaml", "posterior": "jobs/configs/mnist_digits.yaml",
-           "auxiliary": "jobs/configs/mnist_digits_pixelcnn.yaml", "neighbours": "jobs/configs/fashion_mnist.yaml"}
+           "auxiliary": "jobs/configs/mnist_digits_pixelcnn.yaml", "neighbours": "jobs/configs/fashion_mnist.yaml",
+           "augment": "jobs/configs/mnist_digits.yaml"}
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
 
 
 def variant_settings(config_path: str, study: str, variant: str, epochs: int, storage: str,
-                     extra: list[str]) -> tuple[list[str], list[str]]:
+                     extra: list[str], seed: int | None = None) -> tuple[list[str], list[str]]:
     """The variant's own settings that train (a key the run's --set gives again, e.g. an old default of
     MEASURED_BEFORE, is the --set's: the row and its command name each key once, with the value that
-    trained), and all it trains with: those, the --set and budget, one process, its own run."""
+    trained), and all it trains with: those, the --set, the seed (train.seed, when given) and budget,
+    one process, its own run (a seed given in its id)."""
+    if seed is not None:
+        extra = [*without_replaced(extra, [f"train.seed={seed}"]), f"train.seed={seed}"]
     overrides = without_replaced(STUDIES[study][variant], extra)
-    run_id = f"ablation-{study}-{Path(config_path).stem}-{variant}"
+    seeds = [setting.split("=", 1)[1] for setting in extra if setting.startswith("train.seed=")]
+    run_id = f"ablation-{study}-{Path(config_path).stem}-{variant}" + (f"-seed{seeds[-1]}" if seeds else "")
     return overrides, [*overrides, *extra, f"train.epochs={epochs}", "train.num_workers=0", f"train.run_id={run_id}",
                        f"train.storage_path={storage}", "train.checkpoint_every=1000000", "tracking.enabled=false"]
 
 
+def row_key(row: dict) -> tuple:
+    """What a row measured: rerunning it replaces it (rows from before seeds trained with seed 0)."""
+    return row["study"], row["config"], row["variant"], row["epochs"], row.get("seed", 0)
+
+
 def run_variant(config_path: str, study: str, variant: str, overrides: list[str], settings: list[str],
                 epochs: int) -> dict:
-    print(f"\n== {study}/{variant}", flush=True)
+    seed = load(config_path, settings).train.seed
+    print(f"\n== {study}/{variant} seed {seed}", flush=True)
     run = train_and_evaluate(config_path, settings, EVALUATION, figures_on=False)
     metrics, last = run["metrics"], run["last_window"]
     return {"study": study, "variant": variant, "config": config_path, "overrides": overrides, "epochs": epochs,
+            "seed": seed,
             "command": run["command"], "train_seconds": run["wall_s"],
             "mean_samples_per_s": run["mean_samples_per_s"],
             "linear": metrics.get("linear_codes"), "linear_converged": metrics.get("linear_codes_converged"),
@@ -164,6 +186,8 @@ def main() -> int:
     parser.add_argument("--config", help="default: the config the study was measured with (CONFIGS)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--variants", nargs="+", help="a subset of the study's variants")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="train each variant once per seed (train.seed), one row each; default: the config's")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="applied to every variant (e.g. the collapse study's warm-up length)")
     parser.add_argument("--storage", default="runs/ablation")
@@ -176,20 +200,19 @@ def main() -> int:
     if unknown:
         print(f"error: unknown variants {unknown} of study {args.study!r}; it has {list(variants)}", file=sys.stderr)
         return 2
-    plans = {variant: variant_settings(config_path, args.study, variant, args.epochs, args.storage, args.extra)
-             for variant in chosen}
+    plans = {(variant, seed): variant_settings(config_path, args.study, variant, args.epochs, args.storage, args.extra,
+                                               seed)
+             for variant in chosen for seed in (args.seeds or [None])}
     error = first_bad_plan([(config_path, [*settings, *EVALUATION]) for _, settings in plans.values()])
     if error:
         print(error, file=sys.stderr)
         return 2
     out = Path(args.out)
-    for variant in chosen:
-        overrides, settings = plans[variant]
+    for (variant, _), (overrides, settings) in plans.items():
         row = run_variant(config_path, args.study, variant, overrides, settings, args.epochs)
         print(json.dumps(row), flush=True)
         rows = json.loads(out.read_text()) if out.is_file() else []
-        rows = [r for r in rows
-                if (r["study"], r["config"], r["variant"], r["epochs"]) != (args.study, config_path, variant, args.epochs)]
+        rows = [r for r in rows if row_key(r) != row_key(row)]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([*rows, row], indent=1))
     return 0

@@ -3,6 +3,7 @@ with, and rerunning a study measured before a default changed runs the setting i
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_studies_measured_before_a_default_changed_name_the_old_setting(ablation
         auxiliary = {o for overrides in variants.values() for o in overrides if o.startswith("model.pixelcnn_auxiliary=")}
         # only the auxiliary study varies the weight; every study before it ran without; later ones use the config's
         assert auxiliary == ({"model.pixelcnn_auxiliary=0.25", "model.pixelcnn_auxiliary=1", "model.pixelcnn_auxiliary=0"}
-                             if study == "auxiliary" else set() if study == "neighbours"
+                             if study == "auxiliary" else set() if study in ("neighbours", "augment")
                              else {"model.pixelcnn_auxiliary=0"}), study
         if study != "auxiliary":  # every variant names it, or none
             assert len({any(o.startswith("model.pixelcnn_auxiliary=") for o in overrides) for overrides in variants.values()}) == 1
@@ -72,3 +73,44 @@ def test_a_bad_setting_is_refused_before_any_variant_trains(tmp_path: Path, argu
     assert done.stderr.startswith("error: ") and culprit in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_seed_trains_its_own_run_and_the_row_records_it(ablation: ModuleType) -> None:
+    overrides, settings = ablation.variant_settings("jobs/configs/mnist_digits.yaml", "augment", "acn-shift-2", 30,
+                                                    "runs/ablation", ["train.seed=7", "codes.k=20"], seed=2)
+    assert overrides == ablation.STUDIES["augment"]["acn-shift-2"]
+    assert [s for s in settings if s.startswith("train.seed=")] == ["train.seed=2"]  # the --seeds seed, once
+    assert "train.run_id=ablation-augment-mnist_digits-acn-shift-2-seed2" in settings
+    assert config.load(ROOT / "jobs/configs/mnist_digits.yaml", settings).train.seed == 2
+    # a --set seed alone names its run too, so that it never resumes the config's seed's run
+    _, by_set = ablation.variant_settings("jobs/configs/mnist_digits.yaml", "augment", "acn-shift-2", 30,
+                                          "runs/ablation", ["train.seed=7"])
+    assert "train.run_id=ablation-augment-mnist_digits-acn-shift-2-seed7" in by_set
+    _, unseeded = ablation.variant_settings("jobs/configs/mnist_digits.yaml", "augment", "acn-shift-2", 30,
+                                            "runs/ablation", [])
+    assert "train.run_id=ablation-augment-mnist_digits-acn-shift-2" in unseeded
+
+
+def test_seeds_give_one_row_each_and_a_rerun_replaces_its_own(ablation: ModuleType, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "ablation.json"
+    # rows from before seeds have no "seed" key: they trained with the configs' seed 0
+    old = {"study": "augment", "config": "jobs/configs/mnist_digits.yaml", "variant": "acn-shift-2", "epochs": 1,
+           "linear": 0.5}
+    out.write_text(json.dumps([old]))
+    trained: list[tuple[str, int]] = []
+
+    def fake_run(config_path, study, variant, overrides, settings, epochs):  # training stands aside in this test
+        seed = config.load(ROOT / config_path, settings).train.seed
+        trained.append((variant, seed))
+        return {"study": study, "config": config_path, "variant": variant, "epochs": epochs, "seed": seed,
+                "linear": 0.9 + seed / 100}
+
+    monkeypatch.setattr(ablation, "run_variant", fake_run)
+    monkeypatch.setattr(sys, "argv", ["ablation.py", "--study", "augment", "--variants", "acn-shift-2", "vae-shift-2",
+                                      "--epochs", "1", "--seeds", "0", "3", "--out", str(out)])
+    assert ablation.main() == 0
+    assert trained == [("acn-shift-2", 0), ("acn-shift-2", 3), ("vae-shift-2", 0), ("vae-shift-2", 3)]
+    rows = json.loads(out.read_text())
+    assert sorted((r["variant"], r["seed"], r["linear"]) for r in rows) == [
+        ("acn-shift-2", 0, 0.9), ("acn-shift-2", 3, 0.93), ("vae-shift-2", 0, 0.9), ("vae-shift-2", 3, 0.93)]

@@ -17,10 +17,12 @@ import webdataset as wds
 from acn_dist.config import DataConfig
 from acn_dist.data import DataError, ShardLoader, prepare, read_manifest
 from acn_dist.data import shards as shards_module
+from acn_dist.data.augment import offsets, shift
 from acn_dist.data.binarize import binarize
 from acn_dist.data.reader import assign_shards
 from acn_dist.data.shards import shard_counts
 from acn_dist.data.sources import SourceError, load_source
+from acn_dist.errors import ConfigError
 
 
 def source_arrays(config: DataConfig, split: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -254,6 +256,47 @@ def test_resume_skips_batches(sklearn_digits: Path) -> None:
     assert len(resumed) == len(full) - 5
     for a, b in zip(full[5:], resumed):
         assert a.tolist() == b.tolist()
+
+
+def test_shift_moves_each_datum_by_its_own_offset() -> None:
+    ids = np.arange(400, dtype=np.int64)
+    images = np.zeros((400, 1, 9, 9), dtype=np.uint8)
+    images[:, 0, 4, 4] = 255  # one lit pixel at the centre
+    moved = shift(images, ids, 2, seed=3, epoch=1)
+    dy_dx = offsets(ids, 2, seed=3, epoch=1)
+    assert dy_dx.min() == -2 and dy_dx.max() == 2  # every offset of the range, none beyond
+    assert len({(dy, dx) for dy, dx in dy_dx.tolist()}) == 25
+    for image, (dy, dx) in zip(moved, dy_dx):
+        assert image[0, 4 + dy, 4 + dx] == 255 and image.sum() == 255  # moved whole, nothing else lit
+    # a datum's offset is its own: the same in any batch, new each epoch, none without a shift
+    np.testing.assert_array_equal(shift(images[::7], ids[::7], 2, seed=3, epoch=1), moved[::7])
+    assert not np.array_equal(offsets(ids, 2, seed=3, epoch=2), dy_dx)
+    assert shift(images, ids, 0, seed=3, epoch=1) is images
+
+
+def test_shift_fills_the_edge_it_leaves_with_background() -> None:
+    ids = np.arange(200, dtype=np.int64)
+    images = np.full((200, 1, 6, 6), 200, dtype=np.uint8)
+    moved = shift(images, ids, 1, seed=0, epoch=0)
+    for image, (dy, dx) in zip(moved, offsets(ids, 1, seed=0, epoch=0)):
+        lit_rows, lit_cols = 6 - abs(dy), 6 - abs(dx)
+        assert (image > 0).sum() == lit_rows * lit_cols and set(np.unique(image)) <= {0, 200}
+
+
+def test_the_training_loader_shifts_and_evaluation_sees_images_as_they_are(sklearn_digits: Path) -> None:
+    ids, images, _ = ShardLoader(sklearn_digits, "train", 64).arrays()
+    position = {int(i): row for row, i in enumerate(ids)}
+    plain, moved = (ShardLoader(sklearn_digits, "train", 64, shuffle=False, max_shift=shift_by)
+                    for shift_by in (0, 1))
+    for (plain_ids, plain_x, _), (moved_ids, moved_x, _) in zip(plain.epoch(3), moved.epoch(3)):
+        assert plain_ids.tolist() == moved_ids.tolist()
+        originals = images[[position[int(i)] for i in plain_ids]][:, None]
+        np.testing.assert_allclose(plain_x.numpy(), originals / 255.0, rtol=1e-6)
+        expected = shift(originals, plain_ids.numpy(), 1, seed=0, epoch=3) / 255.0
+        np.testing.assert_allclose(moved_x.numpy(), expected, rtol=1e-6)
+        assert not np.allclose(moved_x.numpy(), plain_x.numpy())
+    with pytest.raises(ConfigError, match=r"data.augment_shift=8 does not fit the 8x8 images of .*manifest.json"):
+        ShardLoader(sklearn_digits, "train", 64, max_shift=8)
 
 
 def test_binarisation_modes() -> None:

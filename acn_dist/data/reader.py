@@ -26,6 +26,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from acn_dist.data.augment import shift
 from acn_dist.data.binarize import binarize
 from acn_dist.data.shards import (
     DataError,
@@ -34,6 +35,7 @@ from acn_dist.data.shards import (
     verify_shard,
     verify_shard_bytes,
 )
+from acn_dist.errors import ConfigError
 from acn_dist.runs.storage import AnyPath, ObjectPath, location
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -154,13 +156,14 @@ def read_shard(shard: Shard, image_shape: tuple[int, ...], labelled: bool) -> It
 
 
 def to_batch(ids: list[int], images: list[np.ndarray], labels: list[int], binarization: str,
-             seed: int, epoch: int) -> Batch:
+             seed: int, epoch: int, max_shift: int = 0) -> Batch:
     array = np.stack(images)
     if array.ndim == 3:
         array = array[:, None]  # [B, H, W] -> [B, 1, H, W]
     else:
         array = array.transpose(0, 3, 1, 2)  # [B, H, W, C] -> [B, C, H, W]
     id_array = np.asarray(ids, dtype=np.int64)
+    array = shift(array, id_array, max_shift, seed=seed, epoch=epoch)
     x = binarize(array, id_array, binarization, seed=seed, epoch=epoch)
     return torch.from_numpy(id_array), torch.from_numpy(x), torch.as_tensor(labels, dtype=torch.int64)
 
@@ -214,7 +217,7 @@ class _ShardStream(IterableDataset):
     def _collate(self, items: list[tuple[int, np.ndarray, int]]) -> Batch:
         ids, images, labels = zip(*items)
         return to_batch(list(ids), list(images), list(labels), self.loader.binarization,
-                        self.loader.seed, self.epoch)
+                        self.loader.seed, self.epoch, self.loader.max_shift)
 
 
 class ShardLoader:
@@ -232,6 +235,7 @@ class ShardLoader:
         binarization: str = "none",
         shuffle: bool = True,
         shuffle_buffer: int = 1000,
+        max_shift: int = 0,
     ):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside 0..{world - 1}")
@@ -244,8 +248,13 @@ class ShardLoader:
             )
         self.split, self.batch_size, self.rank, self.world = split, batch_size, rank, world
         self.workers, self.seed, self.binarization = workers, seed, binarization
-        self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
+        self.shuffle, self.shuffle_buffer, self.max_shift = shuffle, shuffle_buffer, max_shift
         self.image_shape = tuple(self.manifest["image_shape"])
+        if not 0 <= max_shift < min(self.image_shape[:2]):
+            raise ConfigError(
+                f"data.augment_shift={max_shift} does not fit the {self.image_shape[0]}x{self.image_shape[1]} images "
+                f"of {location(folder) / 'manifest.json'}: give 0 (no shift) up to {min(self.image_shape[:2]) - 1}"
+            )
         self.labelled = bool(self.manifest.get("labelled", True))
         info = self.manifest["splits"][split]
         self.count, self.id_start = info["count"], info["id_start"]

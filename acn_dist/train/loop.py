@@ -81,7 +81,8 @@ def train_loop(config: Config, runtime: Runtime) -> dict[str, Any]:
     manifest = read_manifest(folder)
     loader = ShardLoader(folder, "train", config.train.batch_size, rank=runtime.rank, world=runtime.world,
                          workers=config.data.loader_workers, seed=config.data.seed,
-                         binarization=config.data.binarize, shuffle_buffer=config.data.shuffle_buffer)
+                         binarization=config.data.binarize, shuffle_buffer=config.data.shuffle_buffer,
+                         max_shift=config.data.augment_shift)
     acn = build_model(config, image_shape_chw(manifest)).to(runtime.device)
     optimizer = torch.optim.Adam(acn.parameters(), lr=config.train.lr)
     lookup = build_lookup(config, runtime.store)
