@@ -16,8 +16,7 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study neighbours --config jobs/configs/fashion_mnist.yaml --epochs 3
     python jobs/ablation.py --study neighbours --variants acn-k-20 --epochs 20   # against the paper table's K = 5 rows
     python jobs/ablation.py --study neighbours --config jobs/configs/mnist_digits.yaml --variants acn-k-5 acn-k-20 --epochs 30
-    python jobs/ablation.py --study augment --variants acn-shift-2 --epochs 30   # against the K = 5 rows
-    python jobs/ablation.py --study augment --epochs 30 --seeds 1 2   # one row per variant and seed (train.seed)
+    python jobs/ablation.py --study augment --variants acn-shift-0 acn-shift-2 --epochs 30 --seeds 0 1 2  # a row each
     python jobs/ablation.py --study input --config jobs/configs/mnist_digits.yaml --variants greyscale-resnet \
         --epochs 30 --set model.init_code_std=1   # a --set replaces the variant's own setting of that key
 
@@ -47,7 +46,7 @@ Studies:
              ACN and VAE, each with the config's KL warm-up
   neighbours K, the neighbours ĉ is drawn from (1, 5: the default, 20): one neighbour makes the
              prior follow the code's nearest code; more make it cover a wider neighbourhood
-  augment    training images moved by up to 2 pixels each way, a fresh offset per datum and epoch
+  augment    training images moved by up to 2 or 4 pixels each way, a fresh offset per datum and epoch
              (0 for reference): 8,000 mnist-digits are an eighth of the paper's MNIST; ACN and VAE
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
 `acn-dist evaluate` without figures or pixel baselines; the command is saved with the figures.
@@ -121,7 +120,7 @@ STUDIES: dict[str, dict[str, list[str]]] = {
     "neighbours": {f"acn-k-{k}": ["model.objective=acn", f"codes.k={k}"] for k in (1, 5, 20)},
     "augment": {
         f"{objective}-shift-{pixels}": [f"model.objective={objective}", f"data.augment_shift={pixels}"]
-        for objective in ("acn", "vae") for pixels in (0, 2)
+        for objective in ("acn", "vae") for pixels in (0, 2, 4)
     },
 }
 # Settings a later default changed, named by the studies measured before the change, so that rerunning
@@ -187,7 +186,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--variants", nargs="+", help="a subset of the study's variants")
     parser.add_argument("--seeds", type=int, nargs="+",
-                        help="train each variant once per seed (train.seed), one row each; default: the config's")
+                        help="train each variant once per seed (train.seed: the model's init and z's noise; "
+                             "codes.seed and data.seed stay), one row each; default: the config's")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="applied to every variant (e.g. the collapse study's warm-up length)")
     parser.add_argument("--storage", default="runs/ablation")

@@ -4,8 +4,9 @@ Every datum moves by its own (dy, dx), each in [-max_shift, max_shift], drawn fr
 counter-based hash as the binarisation (keyed by seed, epoch and id, on a stream of its own), so a
 datum's view does not depend on which rank, worker or batch reads it and resume gives the same
 images. Pixels moved in from outside the frame are 0, the background of the digit and clothing
-datasets. Training only: evaluation, the probes and the code table's final codes see the images as
-they are.
+datasets. Training only: the code table holds the codes of the moved views (what the neighbour
+search saw, and the train codes `acn-dist export` gives); evaluation and the probes encode the
+images as they are.
 """
 
 from __future__ import annotations
