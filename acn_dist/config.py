@@ -64,6 +64,9 @@ class DataConfig:
     shard_multiple: int = _at_least(4, 1)  # shard counts per split are a multiple of this
     synthetic_count: int = _in_range(10000, 1, 10_000_000)
     synthetic_size: int = _at_least(28, 4)  # side of synthetic images
+    # > 0: keep this many of the source's training data, a seeded draw stratified by class (smaller
+    # counts are subsets of larger ones), for learning curves; the test split stays whole. 0 = all
+    train_count: int = _at_least(0, 0)
     binarize: str = _choice("dynamic", "none", "dynamic", "static")  # for training
     # training only: each datum moves by up to this many pixels in each direction, its own offset per
     # epoch (acn_dist/data/augment.py); 0 = the images as they are, the paper's
@@ -400,6 +403,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"train.lr_min={config.train.lr_min} must be below train.lr={config.train.lr}")
     if config.data.source == "synthetic" and config.data.synthetic_count < 2:
         raise ConfigError("data.synthetic_count must be >= 2")
+    if config.data.source == "synthetic" and config.data.train_count:
+        raise ConfigError("data.train_count draws from a real source's training split; the synthetic source "
+                          "makes as many as data.synthetic_count says: set that instead")
 
 
 def likelihood(config: Config) -> str:

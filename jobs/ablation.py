@@ -17,6 +17,8 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study neighbours --variants acn-k-20 --epochs 20   # against the paper table's K = 5 rows
     python jobs/ablation.py --study neighbours --config jobs/configs/mnist_digits.yaml --variants acn-k-5 acn-k-20 --epochs 30
     python jobs/ablation.py --study augment --variants acn-shift-0 acn-shift-2 --epochs 30 --seeds 0 1 2  # a row each
+    python jobs/ablation.py --study data --variants acn-train-2000 vae-train-2000 --epochs 120  # 1,890 steps,
+    python jobs/ablation.py --study data --variants acn-train-4000 vae-train-4000 --epochs 60   # as 8,000 at 30
     python jobs/ablation.py --study input --config jobs/configs/mnist_digits.yaml --variants greyscale-resnet \
         --epochs 30 --set model.init_code_std=1   # a --set replaces the variant's own setting of that key
 
@@ -48,6 +50,9 @@ Studies:
              prior follow the code's nearest code; more make it cover a wider neighbourhood
   augment    training images moved by up to 2 or 4 pixels each way, a fresh offset per datum and epoch
              (0 for reference): 8,000 mnist-digits are an eighth of the paper's MNIST; ACN and VAE
+  data       how much training data: 1,000, 2,000 or 4,000 of the 8,000 mnist-digits (data.train_count, a
+             stratified draw, each inside the next; the test split whole; the probes trained on the codes
+             of the data the model saw), at the same number of steps as the 8,000 at 30 epochs; ACN and VAE
 Each variant: `acn-dist train --config C --set ... ` in one process (train.num_workers=0), then
 `acn-dist evaluate` without figures or pixel baselines; the command is saved with the figures.
 """
@@ -122,6 +127,11 @@ STUDIES: dict[str, dict[str, list[str]]] = {
         f"{objective}-shift-{pixels}": [f"model.objective={objective}", f"data.augment_shift={pixels}"]
         for objective in ("acn", "vae") for pixels in (0, 2, 4)
     },
+    "data": {
+        f"{objective}-train-{count}": [f"model.objective={objective}", f"data.train_count={count}",
+                                       f"data.dataset=mnist-digits-train-{count}"]
+        for objective in ("acn", "vae") for count in (1000, 2000, 4000)
+    },
 }
 # Settings a later default changed, named by the studies measured before the change, so that rerunning
 # a study runs what was measured: PyTorch's init (before model.init_code_std) and no auxiliary
@@ -139,7 +149,7 @@ CONFIGS = {"freshness": "jobs/configs/fashion_mnist.yaml", "input": "jobs/config
            "init": "jobs/configs/mnist_digits.yaml", "context": "jobs/configs/mnist_digits_pixelcnn.yaml",
            "schedule": "jobs/configs/mnist_digits.yaml", "posterior": "jobs/configs/mnist_digits.yaml",
            "auxiliary": "jobs/configs/mnist_digits_pixelcnn.yaml", "neighbours": "jobs/configs/fashion_mnist.yaml",
-           "augment": "jobs/configs/mnist_digits.yaml"}
+           "augment": "jobs/configs/mnist_digits.yaml", "data": "jobs/configs/mnist_digits.yaml"}
 EVALUATION = ["eval.baselines=false", "eval.ordered_limit=2000", "eval.kl_samples=4"]
 
 

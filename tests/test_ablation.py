@@ -41,7 +41,7 @@ def test_studies_measured_before_a_default_changed_name_the_old_setting(ablation
         auxiliary = {o for overrides in variants.values() for o in overrides if o.startswith("model.pixelcnn_auxiliary=")}
         # only the auxiliary study varies the weight; every study before it ran without; later ones use the config's
         assert auxiliary == ({"model.pixelcnn_auxiliary=0.25", "model.pixelcnn_auxiliary=1", "model.pixelcnn_auxiliary=0"}
-                             if study == "auxiliary" else set() if study in ("neighbours", "augment")
+                             if study == "auxiliary" else set() if study in ("neighbours", "augment", "data")
                              else {"model.pixelcnn_auxiliary=0"}), study
         if study != "auxiliary":  # every variant names it, or none
             assert len({any(o.startswith("model.pixelcnn_auxiliary=") for o in overrides) for overrides in variants.values()}) == 1

@@ -200,6 +200,47 @@ def test_prepare_is_a_noop_when_matching_and_refuses_a_different_dataset(sklearn
         prepare(config, quiet=True)
 
 
+def test_train_count_keeps_a_stratified_nested_draw_and_the_whole_test_split(sklearn_digits: Path,
+                                                                             tmp_path: Path) -> None:
+    full = DataConfig(dataset="sklearn-digits", source="sklearn-digits", shard_size=200)
+    full_images, full_labels = source_arrays(full, "train")
+    kept: dict[int, set[bytes]] = {}
+    for count in (300, 600):
+        config = dataclasses.replace(full, dataset=f"digits-{count}", root=str(tmp_path), train_count=count)
+        folder = prepare(config, quiet=True)
+        manifest = read_manifest(folder)
+        assert manifest["splits"]["train"]["count"] == count
+        assert manifest["source"]["train_count"] == count
+        assert manifest["source"]["train_count_of"] == len(full_images)
+        assert "--set data.train_count=" + str(count) in shards_module.rebuild_command(folder, manifest)
+        assert_round_trip(folder, config)
+        _, images, labels = ShardLoader(folder, "train", 100).arrays()
+        # every class keeps its share of the split, to within one datum
+        share = np.bincount(full_labels, minlength=10) * count / len(full_labels)
+        assert np.all(np.abs(np.bincount(labels, minlength=10) - share) < 1)
+        # the kept data are the source's own training data, each once
+        source_rows = {image.tobytes(): label for image, label in zip(full_images, full_labels)}
+        assert all(source_rows[image.tobytes()] == label for image, label in zip(images, labels))
+        kept[count] = {image.tobytes() for image in images}
+        assert len(kept[count]) == count
+        # the test split is the whole source's, in the same order
+        _, test_images, _ = ShardLoader(folder, "test", 100).arrays()
+        _, full_test_images, _ = ShardLoader(sklearn_digits, "test", 100).arrays()
+        np.testing.assert_array_equal(test_images, full_test_images)
+    assert kept[300] < kept[600]  # a smaller count's draw lies inside a larger one's
+
+
+def test_train_count_refuses_more_than_the_source_has_and_a_changed_count(tmp_path: Path) -> None:
+    config = DataConfig(dataset="digits-300", source="sklearn-digits", root=str(tmp_path), shard_size=200,
+                        train_count=300)
+    prepare(config, quiet=True)
+    with pytest.raises(DataError, match="already holds a different dataset"):
+        prepare(dataclasses.replace(config, train_count=400), quiet=True)
+    with pytest.raises(SourceError, match=r"data.train_count=5000: .* has only 1437 training data"):
+        prepare(dataclasses.replace(config, dataset="digits-5000", train_count=5000), quiet=True)
+    assert not (tmp_path / "digits-5000").exists()
+
+
 def test_crash_while_writing_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = DataConfig(dataset="crashy", source="sklearn-digits", root=str(tmp_path), shard_size=200)
     calls = {"n": 0}

@@ -56,7 +56,7 @@ def rebuild_command(folder: AnyPath, manifest: dict[str, Any]) -> str:
     prepared = manifest.get("prepare_config", {})
     defaults = asdict(DataConfig())
     keys = [key for key in ("dataset", "source", "path", "shard_size", "shard_multiple", "synthetic_count",
-                            "synthetic_size", "seed") if key in prepared and prepared[key] != defaults[key]]
+                            "synthetic_size", "train_count", "seed") if key in prepared and prepared[key] != defaults[key]]
     settings = [f"data.root={location(folder).resolve().parent}", *(f"data.{key}={prepared[key]}" for key in keys)]
     return "acn-dist prepare --rebuild " + " ".join(f"--set {setting}" for setting in settings)
 

@@ -448,5 +448,25 @@ SOURCE_READERS: dict[str, Callable[[DataConfig], SourceData]] = {
 }
 
 
+def keep_train_count(source: SourceData, count: int, seed: int) -> SourceData:
+    """The source with `count` of its training data (a seeded draw, stratified by class when labelled,
+    kept in the source's order; with one seed a smaller count's draw lies inside a larger one's) and
+    its test split whole. The manifest records the count and how many the source had."""
+    chunks = list(source.splits["train"].chunks())
+    images = np.concatenate([images for images, _ in chunks])
+    labels = None if any(labels is None for _, labels in chunks) else np.concatenate([labels for _, labels in chunks])
+    if count > len(images):
+        raise SourceError(f"data.train_count={count}: the {source.kind} source has only {len(images)} training "
+                          "data; set data.train_count to at most that (0 keeps them all)")
+    kept = (stratified_split(labels, count, seed)[1] if labels is not None
+            else np.sort(np.random.default_rng(seed).permutation(len(images))[:count]))
+    splits = {**source.splits, "train": _in_memory(images[kept], None if labels is None else labels[kept])}
+    info = {**source.info, "train_count": count, "train_count_of": len(images)}
+    return SourceData(kind=source.kind, image_shape=source.image_shape, num_classes=source.num_classes,
+                      splits=splits, info=info)
+
+
 def load_source(config: DataConfig) -> SourceData:
-    return SOURCE_READERS[config.source](config)
+    """The configured source's splits (with `data.train_count`, that many of its training data)."""
+    source = SOURCE_READERS[config.source](config)
+    return keep_train_count(source, config.train_count, config.seed) if config.train_count else source
