@@ -171,6 +171,9 @@ class EvalConfig:
     batch_size: int = _at_least(500, 1)
     probe_max_iter: int = _at_least(5000, 1)  # L-BFGS iterations of the linear probe (convergence is reported)
     knn_k: int = _at_least(5, 1)
+    # > 0: the probes (codes and baselines alike) fit on this many labelled training data, a seeded draw
+    # stratified by class (smaller draws inside larger ones), as with few labels; 0 = the whole train split
+    probe_labels: int = _at_least(0, 0)
     daydream_chains: int = _at_least(8, 1)
     daydream_steps: int = _at_least(12, 1)
     ordered_graph_k: int = _at_least(50, 1)  # neighbours searched per datum when building the ordering

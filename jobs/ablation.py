@@ -17,8 +17,10 @@ and evaluated on its codes (linear probe, k-NN, test nats/image, KL), saved to
     python jobs/ablation.py --study neighbours --variants acn-k-20 --epochs 20   # against the paper table's K = 5 rows
     python jobs/ablation.py --study neighbours --config jobs/configs/mnist_digits.yaml --variants acn-k-5 acn-k-20 --epochs 30
     python jobs/ablation.py --study augment --variants acn-shift-0 acn-shift-2 --epochs 30 --seeds 0 1 2  # a row each
-    python jobs/ablation.py --study data --variants acn-train-2000 vae-train-2000 --epochs 120  # 1,890 steps,
+    python jobs/ablation.py --study data --variants acn-train-2000 vae-train-2000 --epochs 120  # ~1,900 steps,
     python jobs/ablation.py --study data --variants acn-train-4000 vae-train-4000 --epochs 60   # as 8,000 at 30
+    # a finished run evaluated again without training, its probes also fitted on 1,000 and 2,000 labels:
+    python jobs/ablation.py --study augment --variants acn-shift-0 --seeds 0 --epochs 30 --probe-labels 1000 2000
     python jobs/ablation.py --study input --config jobs/configs/mnist_digits.yaml --variants greyscale-resnet \
         --epochs 30 --set model.init_code_std=1   # a --set replaces the variant's own setting of that key
 
@@ -62,12 +64,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # a sibling script: jobs/ is on sys.path as this script's folder
 from paper_table import first_bad_plan, train_and_evaluate, without_replaced
 
 from acn_dist.config import load  # paper_table put the repository on sys.path
+from acn_dist.evaluate.run import probes_by_labels
 
 # Every variant names what it tests explicitly, so that a later change of a shipped config's defaults
 # (Fashion-MNIST went greyscale, the PixelCNN configs got a KL warm-up) does not change the study.
@@ -174,19 +178,36 @@ def row_key(row: dict) -> tuple:
 
 
 def run_variant(config_path: str, study: str, variant: str, overrides: list[str], settings: list[str],
-                epochs: int) -> dict:
+                epochs: int, probe_labels: Sequence[int] = ()) -> dict:
     seed = load(config_path, settings).train.seed
     print(f"\n== {study}/{variant} seed {seed}", flush=True)
     run = train_and_evaluate(config_path, settings, EVALUATION, figures_on=False)
     metrics, last = run["metrics"], run["last_window"]
+    fewer = [count for count in probe_labels if count < metrics["train_count"]]  # else: the row's own probes
+    by_labels = probes_by_labels(metrics["checkpoint"], load(config_path, [*settings, *EVALUATION]), fewer) if fewer else {}
     return {"study": study, "variant": variant, "config": config_path, "overrides": overrides, "epochs": epochs,
             "seed": seed,
             "command": run["command"], "train_seconds": run["wall_s"],
             "mean_samples_per_s": run["mean_samples_per_s"],
             "linear": metrics.get("linear_codes"), "linear_converged": metrics.get("linear_codes_converged"),
             "knn": metrics.get("knn_codes"), "nats": metrics["test_nats_per_image"], "kl": metrics["test_kl"],
+            "probe_labels": {str(count): {"linear": rows["linear_codes"], "linear_converged": rows["linear_codes_converged"],
+                                          "knn": rows["knn_codes"]} for count, rows in by_labels.items()},
             "train_loss_by_epoch": run["loss_by_epoch"], "same_batch_share": last.get("same_batch_share"),
             "staleness": last.get("staleness")}
+
+
+# What a run's training measured: a rerun of a finished run (no step trained, e.g. to add --probe-labels)
+# keeps them from the row it replaces.
+TRAINING_MEASURES = ("train_seconds", "mean_samples_per_s", "same_batch_share", "staleness")
+
+
+def replacing(old: dict | None, row: dict) -> dict:
+    """The row to save in place of `old` (the same row_key): a rerun that trained nothing keeps the
+    training's own measures."""
+    if old is None or row["mean_samples_per_s"] is not None:
+        return row
+    return {**row, **{key: old.get(key) for key in TRAINING_MEASURES}}
 
 
 def main() -> int:
@@ -198,6 +219,10 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="train each variant once per seed (train.seed: the model's init and z's noise; "
                              "codes.seed and data.seed stay), one row each; default: the config's")
+    parser.add_argument("--probe-labels", type=int, nargs="+", default=[], metavar="N",
+                        help="also fit the codes' probes on N labelled training data (eval.probe_labels; each "
+                             "N under the run's training data), in the row's probe_labels; rerunning a "
+                             "finished run adds them without training")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                         help="applied to every variant (e.g. the collapse study's warm-up length)")
     parser.add_argument("--storage", default="runs/ablation")
@@ -210,6 +235,10 @@ def main() -> int:
     if unknown:
         print(f"error: unknown variants {unknown} of study {args.study!r}; it has {list(variants)}", file=sys.stderr)
         return 2
+    if any(count < 1 for count in args.probe_labels):
+        print(f"error: --probe-labels {args.probe_labels}: each is a count of labelled training data, >= 1",
+              file=sys.stderr)
+        return 2
     plans = {(variant, seed): variant_settings(config_path, args.study, variant, args.epochs, args.storage, args.extra,
                                                seed)
              for variant in chosen for seed in (args.seeds or [None])}
@@ -219,9 +248,10 @@ def main() -> int:
         return 2
     out = Path(args.out)
     for (variant, _), (overrides, settings) in plans.items():
-        row = run_variant(config_path, args.study, variant, overrides, settings, args.epochs)
-        print(json.dumps(row), flush=True)
+        row = run_variant(config_path, args.study, variant, overrides, settings, args.epochs, args.probe_labels)
         rows = json.loads(out.read_text()) if out.is_file() else []
+        row = replacing(next((r for r in rows if row_key(r) == row_key(row)), None), row)
+        print(json.dumps(row), flush=True)
         rows = [r for r in rows if row_key(r) != row_key(row)]
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps([*rows, row], indent=1))

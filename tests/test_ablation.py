@@ -63,7 +63,8 @@ def test_a_set_key_replaces_the_variants_own_setting_once(ablation: ModuleType) 
 
 
 @pytest.mark.parametrize(("arguments", "culprit"), [(["--set", "train.kl_warmup=132"], "train.kl_warmup"),
-                                                   (["--epochs", "0"], "train.epochs")])
+                                                   (["--epochs", "0"], "train.epochs"),
+                                                   (["--probe-labels", "1000", "0"], "--probe-labels")])
 def test_a_bad_setting_is_refused_before_any_variant_trains(tmp_path: Path, arguments: list[str], culprit: str) -> None:
     out = tmp_path / "ablation.json"
     done = subprocess.run([sys.executable, str(ROOT / "jobs" / "ablation.py"), "--study", "auxiliary", *arguments,
@@ -100,11 +101,11 @@ def test_seeds_give_one_row_each_and_a_rerun_replaces_its_own(ablation: ModuleTy
     out.write_text(json.dumps([old]))
     trained: list[tuple[str, int]] = []
 
-    def fake_run(config_path, study, variant, overrides, settings, epochs):  # training stands aside in this test
+    def fake_run(config_path, study, variant, overrides, settings, epochs, probe_labels):  # training stands aside
         seed = config.load(ROOT / config_path, settings).train.seed
         trained.append((variant, seed))
         return {"study": study, "config": config_path, "variant": variant, "epochs": epochs, "seed": seed,
-                "linear": 0.9 + seed / 100}
+                "linear": 0.9 + seed / 100, "mean_samples_per_s": 300.0}
 
     monkeypatch.setattr(ablation, "run_variant", fake_run)
     monkeypatch.setattr(sys, "argv", ["ablation.py", "--study", "augment", "--variants", "acn-shift-2", "vae-shift-2",
@@ -114,3 +115,17 @@ def test_seeds_give_one_row_each_and_a_rerun_replaces_its_own(ablation: ModuleTy
     rows = json.loads(out.read_text())
     assert sorted((r["variant"], r["seed"], r["linear"]) for r in rows) == [
         ("acn-shift-2", 0, 0.9), ("acn-shift-2", 3, 0.93), ("vae-shift-2", 0, 0.9), ("vae-shift-2", 3, 0.93)]
+
+
+def test_a_rerun_that_trained_nothing_keeps_the_training_measures(ablation: ModuleType) -> None:
+    old = {"train_seconds": 700.0, "mean_samples_per_s": 340.0, "same_batch_share": 0.3, "staleness": 15.0,
+           "linear": 0.92, "probe_labels": {}}
+    # the finished run evaluated again, with the probes on fewer labels added
+    rerun = {"train_seconds": 4.0, "mean_samples_per_s": None, "same_batch_share": None, "staleness": None,
+             "linear": 0.92, "probe_labels": {"1000": {"linear": 0.9}}}
+    kept = ablation.replacing(old, rerun)
+    assert kept == {**rerun, "train_seconds": 700.0, "mean_samples_per_s": 340.0, "same_batch_share": 0.3,
+                    "staleness": 15.0}
+    retrained = {**rerun, "train_seconds": 650.0, "mean_samples_per_s": 360.0}
+    assert ablation.replacing(old, retrained) == retrained
+    assert ablation.replacing(None, rerun) == rerun

@@ -159,3 +159,48 @@ def test_pixel_baselines_are_probed_on_the_models_own_input(sklearn_digits: Path
     rows = probe_table(grey, codes_train, grey_train, train_images, train_y, codes_test, grey_test, test_images, test_y)
     assert rows["input"] == "greyscale" and rows["linear_pixels_greyscale"] == greyscale.accuracy
     assert not any(key.endswith("_binarised") for key in rows)
+
+
+def test_probe_labels_fit_every_probe_on_the_same_stratified_draw(sklearn_digits: Path) -> None:
+    from acn_dist.evaluate.run import probe_table, split_tensors
+
+    config = load("jobs/configs/sklearn_digits.yaml", [f"data.root={sklearn_digits.parent}", "eval.probe_labels=300",
+                                                        "eval.greyscale_baselines=false"])
+    _, train_x, train_y, train_images = split_tensors(config, "train")
+    _, test_x, test_y, test_images = split_tensors(config, "test")
+    pixels_train, pixels_test = train_x.flatten(1).numpy(), test_x.flatten(1).numpy()
+    drawn = probe.labelled_draw(train_y, 300, config.eval.seed)
+    assert len(np.unique(drawn)) == 300
+    share = np.bincount(train_y, minlength=10) * 300 / len(train_y)
+    assert np.all(np.abs(np.bincount(train_y[drawn], minlength=10) - share) < 1)  # each class its share
+    assert set(drawn) < set(probe.labelled_draw(train_y, 600, config.eval.seed))  # inside a larger draw
+    rows = probe_table(config, pixels_train[:, :5], train_x, train_images, train_y, pixels_test[:, :5], test_x,
+                       test_images, test_y)
+    assert rows["probe_labels"] == 300
+    few = probe.linear_probe(pixels_train[drawn, :5], train_y[drawn], pixels_test[:, :5], test_y).accuracy
+    assert rows["linear_codes"] == few
+    assert rows["linear_pixels_binarised"] == probe.linear_probe(pixels_train[drawn], train_y[drawn], pixels_test,
+                                                                 test_y).accuracy
+    assert rows["knn_codes"] == probe.knn_probe(pixels_train[drawn, :5], train_y[drawn], pixels_test[:, :5], test_y)
+    everything = load("jobs/configs/sklearn_digits.yaml", [f"data.root={sklearn_digits.parent}"])
+    whole = probe_table(everything, pixels_train[:, :5], train_x, train_images, train_y, pixels_test[:, :5], test_x,
+                        test_images, test_y)
+    assert whole["probe_labels"] == len(train_y) and whole["linear_codes"] != few
+    too_many = load("jobs/configs/sklearn_digits.yaml", [f"data.root={sklearn_digits.parent}", "eval.probe_labels=5000"])
+    with pytest.raises(probe.ProbeError, match=f"eval.probe_labels=5000: the train split has only {len(train_y)}"):
+        probe_table(too_many, pixels_train, train_x, train_images, train_y, pixels_test, test_x, test_images, test_y)
+
+
+def test_probes_by_labels_match_the_evaluation_on_the_same_labels(trained_checkpoint: Path, sklearn_digits: Path,
+                                                                  tmp_path: Path) -> None:
+    from acn_dist.evaluate.run import probes_by_labels
+
+    settings = load(None, [f"data.root={sklearn_digits.parent}", "eval.kl_samples=2", "eval.ordered_limit=100",
+                           "eval.baselines=false", "eval.probe_labels=200", "tracking.enabled=false"])
+    full = evaluate(trained_checkpoint, tmp_path / "200", overrides=settings, log=False, figures_on=False)
+    by_labels = probes_by_labels(trained_checkpoint, settings, [200, 1000])
+    assert set(by_labels) == {200, 1000} and not any(tmp_path.glob("*/*.png"))
+    assert by_labels[200]["probe_labels"] == full["probe_labels"] == 200
+    for key in ("linear_codes", "linear_codes_converged", "knn_codes"):
+        assert by_labels[200][key] == full[key], key
+    assert by_labels[1000]["probe_labels"] == 1000 and not any(k.startswith("linear_pixels") for k in by_labels[1000])

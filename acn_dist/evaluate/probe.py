@@ -1,9 +1,10 @@
 """Linear and k-NN probes of codes (the paper's Table 3 protocol), and the pixel/PCA baselines.
 
 Every row uses the same protocol: features standardised on the training split, a multinomial
-logistic regression (L-BFGS, L2 penalty C = 1) fitted on the train split and scored on the test
-split, and whether it converged within `max_iter` iterations (a probe stopped early understates
-its features, so this is reported, never hidden); a k-NN classifier (Euclidean, k neighbours,
+logistic regression (L-BFGS, L2 penalty C = 1) fitted on the train split (or, with
+`eval.probe_labels`, a class-stratified draw of so many of its data) and scored on the test split,
+and whether it converged within `max_iter` iterations (a probe stopped early understates its
+features, so this is reported, never hidden); a k-NN classifier (Euclidean, k neighbours,
 majority vote) on the same features.
 
 The baselines are probed on the model's own input: binarised with the evaluation's fixed seeded
@@ -24,9 +25,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from acn_dist.data.sources import stratified_split
 from acn_dist.errors import ProbeError
 
-__all__ = ["ProbeError", "ProbeResult", "baseline_rows", "knn_probe", "linear_probe", "pca_features"]
+__all__ = ["ProbeError", "ProbeResult", "baseline_rows", "knn_probe", "labelled_draw", "linear_probe", "pca_features"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,18 @@ def check_labels(labels: np.ndarray, split: str) -> None:
     if labels.size == 0 or np.any(labels < 0):
         raise ProbeError(f"the {split} split has missing labels (cls absent in its shards): the probes need "
                          "labelled data; prepare the dataset with labels or skip the probe (eval.probe=false)")
+
+
+def labelled_draw(train_y: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """Rows of the `count` training data the probes fit on (`eval.probe_labels`): a seeded draw
+    stratified by class, sorted; every row when `count` is 0."""
+    if count == 0:
+        return np.arange(len(train_y))
+    check_labels(train_y, "train")
+    if count > len(train_y):
+        raise ProbeError(f"eval.probe_labels={count}: the train split has only {len(train_y)} data; set it to at "
+                         "most that (0 = all)")
+    return stratified_split(train_y, count, seed)[1]
 
 
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,

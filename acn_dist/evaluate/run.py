@@ -9,6 +9,7 @@ into `<run>/eval/` (or `--out`), and logs them into the training run's MLflow ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from acn_dist.evaluate.loading import check_dataset, load_trained, resolve_check
 from acn_dist.model.acn import ACN
 from acn_dist.runs.storage import absolute, location, output_folder
 
-__all__ = ["EvaluationError", "evaluate", "resolve_checkpoint", "split_tensors"]
+__all__ = ["EvaluationError", "evaluate", "probes_by_labels", "resolve_checkpoint", "split_tensors"]
 
 
 def split_tensors(config: Config, split: str) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
@@ -74,6 +75,23 @@ def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: C
         if log:
             log_to_mlflow(config, metrics, folder)
     return metrics
+
+
+def probes_by_labels(checkpoint: str | Path, settings: Config, counts: list[int]) -> dict[int, dict[str, Any]]:
+    """The codes' probes fitted on each count of labelled training data (`eval.probe_labels`; the
+    codes encoded once): for each count, the linear and k-NN accuracies and whether the linear
+    probe converged. Writes nothing."""
+    trained = load_trained(checkpoint)
+    config = with_settings(trained.config, settings)
+    check_dataset(trained, config)
+    _, train_x, train_y, train_images = split_tensors(config, "train")
+    _, test_x, test_y, test_images = split_tensors(config, "test")
+    train_codes = encode_all(trained.acn, train_x, config.eval.batch_size)
+    test_codes = encode_all(trained.acn, test_x, config.eval.batch_size)
+    probe_only = dataclasses.replace(config.eval, baselines=False)
+    return {count: probe_table(dataclasses.replace(config, eval=dataclasses.replace(probe_only, probe_labels=count)),
+                               train_codes, train_x, train_images, train_y, test_codes, test_x, test_images, test_y)
+            for count in counts}
 
 
 def measure(acn: ACN, config: Config, checkpoint: str, out: Path, figures_on: bool) -> dict[str, Any]:
@@ -118,7 +136,11 @@ def probe_table(config: Config, train_codes: np.ndarray, train_x: torch.Tensor, 
     settings = config.eval
     args = (settings.probe_max_iter, settings.knn_k, settings.seed)
     kind = model_input(config)
-    rows: dict[str, Any] = {"input": kind, **probe.probe_rows("codes", train_codes, train_y, test_codes, test_y, *args)}
+    labelled = probe.labelled_draw(train_y, settings.probe_labels, settings.seed)
+    train_codes, train_x, train_images, train_y = (train_codes[labelled], train_x[labelled], train_images[labelled],
+                                                   train_y[labelled])
+    rows: dict[str, Any] = {"input": kind, "probe_labels": len(labelled),
+                            **probe.probe_rows("codes", train_codes, train_y, test_codes, test_y, *args)}
     if not settings.baselines:
         return rows
     rows.update(probe.baseline_rows(kind, train_x.numpy(), train_y, test_x.numpy(), test_y, *args))
@@ -208,8 +230,10 @@ def report(metrics: dict[str, Any]) -> str:
     lines = [f"# Evaluation of {metrics['objective'].upper()} ({metrics['decoder']} decoder) on {metrics['dataset']}",
              "", f"Checkpoint: `{metrics['checkpoint']}`", "",
              f"{metrics['train_count']:,} training and {metrics['test_count']:,} test images; the model and the "
-             f"pixel baselines see {metrics.get('input', 'its')} images. Accuracies are on the test split; nats "
-             "are per test image (natural-log code length).", "", "| Measure | Value |", "|---|---|"]
+             f"pixel baselines see {metrics.get('input', 'its')} images. Accuracies are on the test split"
+             + (f", the probes fitted on {metrics['probe_labels']:,} labelled training images (eval.probe_labels)"
+                if metrics.get("probe_labels", metrics["train_count"]) < metrics["train_count"] else "")
+             + "; nats are per test image (natural-log code length).", "", "| Measure | Value |", "|---|---|"]
     lines += [f"| {measure_name(key, metrics.get('knn_k'))} | {measure_value(key, metrics)} |" for key in rows]
     if metrics.get("figures"):
         lines += ["", "## Figures", ""]
