@@ -55,6 +55,12 @@ def encode_all(acn: ACN, x: torch.Tensor, batch_size: int) -> np.ndarray:
     return torch.cat([acn.encode(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
 
 
+def encoded_split(acn: ACN, config: Config, split: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, labels, raw images, codes) of a whole split, as `split_tensors` reads it."""
+    _, x, labels, images = split_tensors(config, split)
+    return x, labels, images, encode_all(acn, x, config.eval.batch_size)
+
+
 def evaluate(checkpoint: str | Path, out: str | Path | None = None, overrides: Config | None = None,
              log: bool = True, figures_on: bool = True, dataset: str | None = None) -> dict[str, Any]:
     """Evaluate one checkpoint; returns the metrics (also in `<out>/metrics.json`). `dataset`: the
@@ -84,10 +90,8 @@ def probes_by_labels(checkpoint: str | Path, settings: Config, counts: list[int]
     trained = load_trained(checkpoint)
     config = with_settings(trained.config, settings)
     check_dataset(trained, config)
-    _, train_x, train_y, train_images = split_tensors(config, "train")
-    _, test_x, test_y, test_images = split_tensors(config, "test")
-    train_codes = encode_all(trained.acn, train_x, config.eval.batch_size)
-    test_codes = encode_all(trained.acn, test_x, config.eval.batch_size)
+    train_x, train_y, train_images, train_codes = encoded_split(trained.acn, config, "train")
+    test_x, test_y, test_images, test_codes = encoded_split(trained.acn, config, "test")
     probe_only = dataclasses.replace(config.eval, baselines=False)
     return {count: probe_table(dataclasses.replace(config, eval=dataclasses.replace(probe_only, probe_labels=count)),
                                train_codes, train_x, train_images, train_y, test_codes, test_x, test_images, test_y)
@@ -98,10 +102,8 @@ def measure(acn: ACN, config: Config, checkpoint: str, out: Path, figures_on: bo
     """Every figure of `evaluate` into `out` (ordering.npy, PNGs); returns the metrics."""
     settings = config.eval
     started = time.perf_counter()
-    _, train_x, train_y, train_images = split_tensors(config, "train")
-    _, test_x, test_y, test_images = split_tensors(config, "test")
-    train_codes = encode_all(acn, train_x, settings.batch_size)
-    test_codes = encode_all(acn, test_x, settings.batch_size)
+    train_x, train_y, train_images, train_codes = encoded_split(acn, config, "train")
+    test_x, test_y, test_images, test_codes = encoded_split(acn, config, "test")
     metrics: dict[str, Any] = {"checkpoint": checkpoint, "objective": acn.objective,
                                "decoder": config.model.decoder, "dataset": config.data.dataset,
                                "train_count": len(train_x), "test_count": len(test_x)}
